@@ -1,0 +1,3 @@
+from foodlab.cli import main
+
+raise SystemExit(main())

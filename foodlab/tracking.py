@@ -1,0 +1,186 @@
+"""The one place that talks to MLflow.
+
+Everything else in foodlab calls these functions, so the tracking URI rule, the
+reachability check and the experiment tags live here once. Default tracking URI is
+``sqlite:///mlflow.db`` in the working directory; ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server or store cannot be used; raised before any work is spent."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def configure(uri: str | None = None, check: bool = True) -> str:
+    """Point MLflow at ``uri`` (or the environment/default) and, if asked, check it answers."""
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if check:
+        ensure_reachable(uri)
+    return uri
+
+
+def ensure_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                if resp.status >= 400:
+                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailable(
+                f"cannot reach the MLflow tracking server at {uri} ({exc}). "
+                "Start it, fix MLFLOW_TRACKING_URI, or unset it to log to the local sqlite:///mlflow.db."
+            ) from exc
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        folder = db.parent if str(db.parent) else Path(".")
+        if not folder.exists():
+            raise TrackingUnavailable(f"the folder of the MLflow database {db} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"the folder of the MLflow database {db} is not writable")
+
+
+def get_or_create_experiment(name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Experiment id for ``name``, created with foodlab's tags if it does not exist yet."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    all_tags = {EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1], **(tags or {})}
+    if exp is None:
+        return client.create_experiment(name, tags=all_tags)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND_TAG)
+    return exp.experiment_id
+
+
+def git_commit() -> str:
+    """The foodlab checkout's commit, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str,
+    run_name: str | None = None,
+    *,
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, str] | None = None,
+    log_system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run in ``experiment``; ``run_id`` resumes an existing run; ``nested`` makes a child."""
+    exp_id = get_or_create_experiment(experiment)
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else exp_id,
+        run_name=None if run_id else run_name,
+        nested=nested,
+        tags=dict(tags or {}),
+        log_system_metrics=log_system_metrics,
+    ) as run:
+        yield run
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log (nested) params; values are stringified and cut to MLflow's length limit."""
+    flat = {k: ("None" if v is None else str(v))[:6000] for k, v in _flatten(params).items()}
+    if flat:
+        mlflow.log_params(flat)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    clean = {k: float(v) for k, v in metrics.items() if v is not None}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def log_dict(data: Mapping[str, Any] | list, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def search_runs(experiment_names: list[str] | None = None, filter_string: str = "", **kwargs: Any):
+    """Runs as a pandas DataFrame (params.*, metrics.*, tags.* columns)."""
+    return mlflow.search_runs(
+        experiment_names=experiment_names, filter_string=filter_string,
+        search_all_experiments=experiment_names is None, **kwargs,
+    )
+
+
+def get_run(run_id: str):
+    return MlflowClient().get_run(run_id)
+
+
+def ui_url(experiment: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The runs table of an experiment (MLflow 3 otherwise opens on a GenAI overview)."""
+    base = f"http://{host}:{port}"
+    if experiment is None:
+        return base
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    return f"{base}/#/experiments/{exp.experiment_id}/runs" if exp else base

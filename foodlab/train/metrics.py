@@ -1,0 +1,55 @@
+"""IoU and Dice accumulated over a validation pass (confusion-matrix based, exact)."""
+from __future__ import annotations
+
+import torch
+
+from foodlab.train.losses import IGNORE_INDEX
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids (B, H, W) from logits (B, C, H, W): threshold 0 for C == 1, argmax otherwise."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+class SegMetrics:
+    """Accumulates a confusion matrix; ``compute()`` gives mIoU, Dice and per-class values.
+
+    For binary models (num_classes == 1) the matrix is 2x2 (background, food) and the
+    reported mIoU/Dice are those of the food class, the number users care about.
+    """
+
+    def __init__(self, num_classes: int):
+        self.binary = num_classes == 1
+        self.n = 2 if self.binary else num_classes
+        self.confusion = torch.zeros(self.n, self.n, dtype=torch.long)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred, target = pred.detach().cpu().long(), target.detach().cpu().long()
+        valid = target != IGNORE_INDEX
+        if self.binary:
+            target = (target > 0).long()
+        t, p = target[valid], pred[valid].clamp(0, self.n - 1)
+        t = t.clamp(0, self.n - 1)
+        self.confusion += torch.bincount(t * self.n + p, minlength=self.n * self.n).view(self.n, self.n)
+
+    def compute(self) -> dict[str, float]:
+        cm = self.confusion.double()
+        tp = cm.diag()
+        fp = cm.sum(0) - tp
+        fn = cm.sum(1) - tp
+        iou = tp / (tp + fp + fn).clamp_min(1)
+        dice = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+        present = (tp + fn) > 0
+        out: dict[str, float] = {}
+        if self.binary:
+            out["miou"], out["dice"] = float(iou[1]), float(dice[1])
+        else:
+            out["miou"] = float(iou[present].mean()) if present.any() else 0.0
+            out["dice"] = float(dice[present].mean()) if present.any() else 0.0
+            for c in range(self.n):
+                out[f"iou_class_{c}"] = float(iou[c])
+                out[f"dice_class_{c}"] = float(dice[c])
+        out["pixel_acc"] = float(tp.sum() / cm.sum().clamp_min(1))
+        return out
