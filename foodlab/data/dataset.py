@@ -1,0 +1,254 @@
+"""FoodSegDataset: image/mask pairs -> (image float32 (3,S,S) RGB in [0,1], mask int64 (S,S)).
+
+Opening is cheap (see ``index.py``); decoding happens lazily in ``__getitem__``. A bad
+sample never crashes training by default: ``on_bad="resample"`` returns a deterministic
+alternate valid sample and records the bad file; ``"dummy"`` returns a blank sample (the
+original pipeline's behaviour); ``"raise"`` fails naming the file and the reason.
+
+Worker caveat: with DataLoader workers every worker holds its own copy of the dataset, so
+files found bad inside a worker are not in the main process's ``ds.skipped``; they are
+appended to a small log file that ``bad_report()`` reads back, so the report is complete.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from foodlab.data.index import DatasetError, build_index, check_file, jpeg_tail_ok, summarize_reasons
+from foodlab.data.layouts import resolve_layout
+
+log = logging.getLogger(__name__)
+
+ON_BAD = ("resample", "dummy", "raise")
+IGNORE_INDEX = 255
+MAX_RESAMPLE_TRIES = 20
+
+
+class BadSample(Exception):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def read_image(path) -> np.ndarray:
+    """Decode to uint8 RGB (H,W,3), honouring EXIF orientation; grayscale, RGBA and 16-bit handled.
+
+    ``IMREAD_ANYDEPTH | IMREAD_ANYCOLOR`` keeps 16-bit and grayscale data and, unlike
+    ``IMREAD_UNCHANGED``, still applies the EXIF orientation tag.
+    """
+    path = str(path)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise BadSample(path, f"unreadable: {e.strerror or e}") from None
+    if data.size == 0:
+        raise BadSample(path, "empty file (0 bytes)")
+    if path.lower().endswith((".jpg", ".jpeg")) and not jpeg_tail_ok(data[-32:].tobytes()):
+        raise BadSample(path, "truncated or not a JPEG (no FF D9 end marker)")   # free: bytes are in memory
+    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise BadSample(path, "not an image or corrupt (cv2 cannot decode it)")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) * (255 / 65535) + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255 if img.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str, channel: str | None = None) -> np.ndarray:
+    """Class ids (H,W): the red channel for UECFoodPix (cv2 gives BGR, so index 2), else the first."""
+    data = np.fromfile(path, np.uint8) if os.path.exists(path) else None
+    if data is None:
+        raise BadSample(path, "missing mask")
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise BadSample(path, "mask is not an image or corrupt")
+    if mask.ndim == 3:
+        mask = mask[..., 2] if channel == "red" else mask[..., 0]
+    return mask
+
+
+class FoodSegDataset(torch.utils.data.Dataset):
+    """Image/mask pairs under ``root`` (layouts: see ``layouts.py``; index strategies: see ``index.py``).
+
+    ``num_classes`` counts the background: 1 gives a binary food mask (class id > 0); C > 1 keeps
+    ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data made with
+    ``classes=8`` use ``num_classes=9``. Images are squashed to ``image_size`` squared (area/bilinear),
+    masks resized nearest-neighbour. ``cache``: a folder (or True for the default) for the decoded
+    cache (``cache.py``). ``rescan=True`` ignores an existing manifest.
+    """
+
+    def __init__(self, root, split: str | None = None, layout: str = "auto", index: str = "manifest",
+                 image_size: int = 512, num_classes: int = 1, on_bad: str = "resample", cache=None,
+                 augment: bool = False, rescan: bool = False):
+        if on_bad not in ON_BAD:
+            raise ValueError(f"unknown on_bad {on_bad!r}; choose one of {', '.join(ON_BAD)}")
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        self.root, self.split = Path(root), split
+        self.image_size, self.num_classes = int(image_size), int(num_classes)
+        self.on_bad, self.augment = on_bad, augment
+        self.layout = resolve_layout(self.root, layout, split)
+        idx = build_index(self.layout, index, rescan=rescan)
+        self.index_strategy, self.index_source = idx.strategy, idx.source
+        self.samples, self._stats, self.fingerprint = idx.samples, idx.stats, idx.fingerprint
+        self.skipped: list[tuple[str, str]] = list(idx.skipped)
+        self._n_index_skipped = len(idx.skipped)
+        self._bad: set[int] = set()
+        self._lock = threading.Lock()
+        self._bad_log = os.path.join(tempfile.gettempdir(), f"foodlab_bad_{uuid.uuid4().hex}.log")
+        self._bad_log_owner = (os.getpid(), id(self))     # only this object removes the log
+        self.cache = None
+        if cache:
+            from foodlab.data.cache import DecodedCache
+            self.cache = DecodedCache.for_dataset(self, None if cache is True else cache)
+        log.debug("%s: %d samples (%s, %s), %d skipped", self.root, len(self.samples), idx.strategy,
+                  idx.source, len(self.skipped))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ loading
+
+    def load_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` decoded and resized: (uint8 RGB (S,S,3), uint8 labels (S,S)); raises BadSample."""
+        img_path, mask_path = self.samples[i]
+        self._recheck_if_changed(i, img_path, mask_path)
+        img = read_image(img_path)
+        mask = read_mask(mask_path, self.layout.mask_channel)
+        if mask.shape[:2] != img.shape[:2]:
+            raise BadSample(mask_path, f"mask size {mask.shape[1]}x{mask.shape[0]} != "
+                                       f"image size {img.shape[1]}x{img.shape[0]}")
+        s = self.image_size
+        if img.shape[:2] != (s, s):
+            shrink = img.shape[0] > s and img.shape[1] > s
+            img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
+        return img, self._labels(mask)
+
+    def _labels(self, mask: np.ndarray) -> np.ndarray:
+        if self.num_classes == 1:
+            return (mask > 0).astype(np.uint8)
+        return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
+
+    def _recheck_if_changed(self, i: int, img_path: str, mask_path: str) -> None:
+        """A file rewritten in place since indexing gets its integrity check again (one stat each)."""
+        if self._stats is None or len(self._stats) <= i:
+            return
+        expected = self._stats[i]
+        for path, (size, mtime) in ((img_path, expected[:2]), (mask_path, expected[2:])):
+            try:
+                st = os.stat(path)
+            except OSError:
+                raise BadSample(path, "missing mask" if path == mask_path else "file vanished") from None
+            if st.st_size != size or st.st_mtime_ns != mtime:
+                reason = check_file(path)[2]
+                if reason is not None:
+                    raise BadSample(path, reason)
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        for attempt in range(MAX_RESAMPLE_TRIES + 1):
+            try:
+                img, labels = self._get_arrays(i)
+                break
+            except BadSample as e:
+                self._record_bad(i, e)
+                if self.on_bad == "raise":
+                    raise BadSample(e.path, e.reason) from None
+                if self.on_bad == "dummy":
+                    s = self.image_size
+                    return torch.zeros(3, s, s), torch.zeros(s, s, dtype=torch.int64)
+                i = self._alternate(i, attempt)
+        else:
+            raise DatasetError(f"{MAX_RESAMPLE_TRIES} consecutive bad samples while resampling; "
+                               f"the dataset looks mostly broken:\n{summarize_reasons(self.bad_files())}")
+        if self.augment and torch.rand(()) < 0.5:
+            img, labels = img[:, ::-1], labels[:, ::-1]
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+        return image, torch.from_numpy(np.ascontiguousarray(labels)).long()
+
+    def _get_arrays(self, i: int):
+        if self.cache is not None:
+            hit = self.cache.get(i)
+            if hit is not None:
+                return hit
+        img, labels = self.load_arrays(i)
+        if self.cache is not None:
+            self.cache.put(i, img, labels)
+        return img, labels
+
+    def _alternate(self, i: int, attempt: int) -> int:
+        """A deterministic stand-in for bad sample ``i`` that is not known to be bad."""
+        n = len(self)
+        rng = random.Random(i * 1_000_003 + attempt)
+        for _ in range(8):
+            j = rng.randrange(n)
+            if j not in self._bad:
+                return j
+        return rng.randrange(n)
+
+    # ------------------------------------------------------------ bad-file bookkeeping
+
+    def _record_bad(self, i: int, e: BadSample) -> None:
+        with self._lock:
+            first = i not in self._bad
+            self._bad.add(i)
+            if first:
+                self.skipped.append((e.path, e.reason))
+        if first:
+            log.warning("bad sample %s: %s", e.path, e.reason)
+            if torch.utils.data.get_worker_info() is not None:   # let the main process see it
+                with open(self._bad_log, "a") as f:
+                    f.write(f"{e.path}\t{e.reason}\n")
+
+    def bad_files(self) -> list[tuple[str, str]]:
+        """Every (path, reason) skipped: at index time, at load time here, and in DataLoader workers."""
+        seen = list(self.skipped)
+        try:
+            with open(self._bad_log) as f:
+                seen += [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
+        except OSError:
+            pass
+        return list(dict.fromkeys(seen))
+
+    def bad_report(self) -> dict:
+        files = self.bad_files()
+        return {
+            "samples": len(self), "skipped_at_index": self._n_index_skipped,
+            "bad_at_load": len(files) - self._n_index_skipped,
+            "reasons": dict(collections.Counter(r for _, r in files)),
+            "files": [{"path": p, "reason": r} for p, r in files],
+        }
+
+    def __del__(self):
+        try:
+            if getattr(self, "_bad_log_owner", None) == (os.getpid(), id(self)):
+                Path(self._bad_log).unlink(missing_ok=True)
+        except Exception:
+            pass

@@ -1,0 +1,231 @@
+"""FoodSegDataset: outputs, image formats, bad samples and on_bad modes, cache, loader, init benchmark."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from foodlab.data import BadSample, DatasetError, FoodSegDataset, generate_synthetic, make_loader
+from foodlab.data.loader import default_num_workers
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return generate_synthetic(tmp_path / "pairs", 12, size=64, seed=0, classes=4, workers=1, progress=False)
+
+
+def test_sample_contract(pairs):
+    ds = FoodSegDataset(pairs, image_size=32)
+    assert len(ds) == 12 and ds.num_classes == 1 and ds.image_size == 32 and ds.split is None
+    image, mask = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1 and image.std() > 0
+    assert mask.shape == (32, 32) and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) <= {0, 1} and mask.sum() > 0
+    images, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 32, 32)
+
+
+def test_multiclass_ids_and_ignore_index(pairs):
+    raw = cv2.imread(str(pairs / "masks" / "000000.png"), cv2.IMREAD_UNCHANGED)
+    full = FoodSegDataset(pairs, image_size=64, num_classes=5)[0][1].numpy()
+    assert np.array_equal(full, raw)                                  # same size: ids unchanged
+    few = FoodSegDataset(pairs, image_size=64, num_classes=2)[0][1].numpy()
+    assert np.array_equal(few, np.where(raw >= 2, 255, raw))
+
+
+def test_foodseg103_layout(tmp_path):
+    root = generate_synthetic(tmp_path / "fs", 10, size=32, layout="foodseg103", workers=1, progress=False)
+    assert len(FoodSegDataset(root, image_size=32)) == 10
+    assert len(FoodSegDataset(root, split="test", image_size=32)) == 2
+
+
+def _write_image_cases(pairs):
+    """Replace samples 0..3 with grayscale JPEG, RGBA PNG, 16-bit PNG and an EXIF-rotated JPEG."""
+    gray = np.full((64, 64), 128, np.uint8)
+    cv2.imwrite(str(pairs / "images" / "000000.jpg"), gray)
+    (pairs / "images" / "000001.jpg").unlink()
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 2], rgba[..., 3] = 200, 30                      # BGRA: red, mostly transparent
+    cv2.imwrite(str(pairs / "images" / "000001.png"), rgba)
+    (pairs / "images" / "000002.jpg").unlink()
+    cv2.imwrite(str(pairs / "images" / "000002.png"), np.full((64, 64, 3), 65535, np.uint16))
+    # stored 64 wide x 32 tall, left red / right blue; orientation 6 = rotate 90 deg clockwise to display
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32], stored[:, 32:] = (255, 0, 0), (0, 0, 255)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(pairs / "images" / "000003.jpg", exif=exif.tobytes(), quality=95)
+    cv2.imwrite(str(pairs / "masks" / "000003.png"), np.ones((64, 32), np.uint8))   # matches the displayed size
+
+
+def test_image_formats_and_exif(pairs):
+    _write_image_cases(pairs)
+    ds = FoodSegDataset(pairs, image_size=64, on_bad="raise")
+    gray, rgba, deep, rotated = (ds[i][0] for i in range(4))
+    assert torch.allclose(gray[0], gray[1]) and abs(gray.mean().item() - 128 / 255) < 0.02
+    assert rgba[0].mean() > 0.7 and rgba[1:].mean() < 0.05
+    assert deep.shape == (3, 64, 64) and deep.min() > 0.99
+    # after EXIF rotation the red (left) half is on top
+    assert rotated[0, :28].mean() > 0.9 and rotated[2, :28].mean() < 0.1
+    assert rotated[2, 36:].mean() > 0.9 and rotated[0, 36:].mean() < 0.1
+    assert ds.bad_report()["bad_at_load"] == 0
+
+
+def _make_load_time_bad(pairs):
+    """Files the stat index lets through that only fail when loaded."""
+    (pairs / "images" / "000002.jpg").write_text("this is text, not a JPEG")        # not an image
+    cv2.imwrite(str(pairs / "masks" / "000005.png"), np.zeros((40, 50), np.uint8))  # wrong size
+    (pairs / "masks" / "000007.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")      # corrupt mask
+
+
+def test_on_bad_resample_records_and_is_deterministic(pairs):
+    _make_load_time_bad(pairs)
+    ds = FoodSegDataset(pairs, index="stat", image_size=32)
+    image, mask = ds[2]
+    again = FoodSegDataset(pairs, index="stat", image_size=32)[2]
+    assert torch.equal(image, again[0]) and torch.equal(mask, again[1])
+    assert image.std() > 0                                          # a real sample, not a blank one
+    ds[5], ds[7]
+    reasons = dict(ds.skipped)
+    assert "not a JPEG" in reasons[str(pairs / "images" / "000002.jpg")]
+    assert reasons[str(pairs / "masks" / "000005.png")] == "mask size 50x40 != image size 64x64"
+    assert "corrupt" in reasons[str(pairs / "masks" / "000007.png")]
+    report = ds.bad_report()
+    assert report["bad_at_load"] == 3 and report["samples"] == 12 and len(report["files"]) == 3
+
+
+def test_on_bad_dummy_and_raise(pairs):
+    _make_load_time_bad(pairs)
+    image, mask = FoodSegDataset(pairs, index="stat", image_size=32, on_bad="dummy")[2]
+    assert image.shape == (3, 32, 32) and image.abs().sum() == 0 and mask.sum() == 0
+    ds = FoodSegDataset(pairs, index="stat", image_size=32, on_bad="raise")
+    with pytest.raises(BadSample, match="000002.jpg.*not a JPEG"):
+        ds[2]
+    with pytest.raises(BadSample, match="000005.png: mask size 50x40 != image size 64x64"):
+        ds[5]
+    with pytest.raises(ValueError, match="on_bad"):
+        FoodSegDataset(pairs, on_bad="ignore")
+
+
+def test_bad_cases_at_index_time_are_skipped(pairs):
+    jpg = (pairs / "images" / "000001.jpg").read_bytes()
+    (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])   # truncated
+    (pairs / "images" / "000004.jpg").write_bytes(b"")                    # zero bytes
+    (pairs / "masks" / "000006.png").unlink()                              # missing mask
+    ds = FoodSegDataset(pairs, image_size=32)
+    assert len(ds) == 9
+    names = {os.path.basename(p) for p, _ in ds.skipped}
+    assert names == {"000001.jpg", "000004.jpg", "000006.jpg"}
+    assert ds.bad_report()["skipped_at_index"] == 3
+
+
+def test_file_changed_after_indexing_is_caught_at_load(pairs):
+    ds = FoodSegDataset(pairs, image_size=32)
+    path = pairs / "images" / "000003.jpg"
+    path.write_bytes(path.read_bytes()[:200])          # truncated in place: folder mtime unchanged
+    reopened = FoodSegDataset(pairs, image_size=32, on_bad="raise")
+    assert reopened.index_source == "manifest"
+    with pytest.raises(BadSample, match="000003.jpg"):
+        reopened[3]
+    ds[3]   # resample mode: recorded, not raised
+    assert any("000003.jpg" in p for p, _ in ds.skipped)
+
+
+def test_all_bad_at_load_fails_loudly(pairs):
+    for i in range(12):
+        (pairs / "images" / f"{i:06d}.jpg").write_text("not an image")
+    ds = FoodSegDataset(pairs, index="stat", image_size=32)      # stat cannot tell
+    with pytest.raises(DatasetError, match="consecutive bad samples"):
+        ds[0]
+    with pytest.raises(DatasetError, match=r"(?s)no valid image/mask pairs.*12 x truncated"):
+        FoodSegDataset(pairs, index="manifest")
+
+
+@pytest.mark.parametrize("strategy", ["decode", "stat", "manifest"])
+def test_each_strategy_gives_same_samples(pairs, strategy):
+    ds = FoodSegDataset(pairs, index=strategy, image_size=32)
+    ref = FoodSegDataset(pairs, index="stat", image_size=32)
+    assert list(ds.samples) == list(ref.samples) and ds.fingerprint == ref.fingerprint
+    assert torch.equal(ds[5][0], ref[5][0])
+
+
+def test_augment_flips_image_and_mask_together(pairs):
+    plain = FoodSegDataset(pairs, image_size=32)
+    aug = FoodSegDataset(pairs, image_size=32, augment=True)
+    torch.manual_seed(0)
+    flips = 0
+    for _ in range(10):
+        image, mask = aug[1]
+        if not torch.equal(image, plain[1][0]):
+            assert torch.equal(image, plain[1][0].flip(-1)) and torch.equal(mask, plain[1][1].flip(-1))
+            flips += 1
+    assert 0 < flips < 10
+
+
+def test_cache_equivalence(pairs, tmp_path):
+    plain = FoodSegDataset(pairs, image_size=32, num_classes=5)
+    cached = FoodSegDataset(pairs, image_size=32, num_classes=5, cache=tmp_path / "cache")
+    assert cached.cache.filled() == 0
+    first = [cached[i] for i in range(len(cached))]
+    assert cached.cache.filled() == 12
+    (pairs / "images" / "000000.jpg").write_bytes(b"")   # a cached sample no longer needs its file
+    for i in range(len(plain)):
+        ref = plain[i] if i else first[0]
+        hit = cached[i]
+        assert torch.equal(hit[0], ref[0]) and torch.equal(hit[1], ref[1])
+        assert torch.equal(first[i][0], hit[0])
+    again = FoodSegDataset(pairs, image_size=32, num_classes=5, cache=tmp_path / "cache", index="stat")
+    assert again.fingerprint != cached.fingerprint      # the file set changed: a fresh cache
+    assert again.cache.folder != cached.cache.folder
+
+
+def test_dataset_pickles_for_spawn(pairs, tmp_path):
+    ds = FoodSegDataset(pairs, image_size=32, cache=tmp_path / "cache")
+    ds[0]
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[0][0], ds[0][0]) and clone.cache.filled() == 1
+
+
+def test_make_loader_defaults(pairs):
+    ds = FoodSegDataset(pairs, image_size=32)
+    loader = make_loader(ds, batch_size=4, device="cpu", num_workers=0)
+    assert loader.pin_memory is False and loader.persistent_workers is False
+    loader = make_loader(ds, batch_size=4, device="cpu", num_workers=2)
+    assert loader.pin_memory is False and loader.persistent_workers is True and loader.worker_init_fn is not None
+    pickle.dumps(loader.worker_init_fn)
+    assert 0 <= default_num_workers("cpu") <= max(0, (os.cpu_count() or 1) - 1)
+
+
+@pytest.mark.slow
+def test_loader_with_workers_reports_bad_files_from_workers(pairs, tmp_path):
+    _make_load_time_bad(pairs)
+    ds = FoodSegDataset(pairs, index="stat", image_size=32, cache=tmp_path / "cache")
+    loader = make_loader(ds, batch_size=4, device="cpu", num_workers=2, shuffle=True, seed=1)
+    batches = [b for b in loader]
+    assert len(batches) == 3 and batches[0][0].shape == (4, 3, 32, 32)
+    order_a = torch.cat([m.flatten(1).sum(1) for _, m in batches])
+    order_b = torch.cat([m.flatten(1).sum(1) for _, m in make_loader(ds, 4, "cpu", num_workers=0, seed=1)])
+    assert torch.equal(order_a, order_b)                # same seed, same order with or without workers
+    report = ds.bad_report()
+    assert report["bad_at_load"] == 3, report           # found inside workers, visible here
+    assert ds.cache.filled() == 9                       # workers filled the shared cache
+
+
+def test_init_time_smoke():
+    from foodlab.bench import init_time
+
+    records = init_time.run(scale="smoke")
+    assert [r["variant"] for r in records] == ["decode", "stat", "manifest_first_open", "manifest_reopen"]
+    assert all(r["metrics"]["images"] == 300 and r["metrics"]["init_s"] > 0 for r in records)
+    assert records[0]["params"]["extrapolated_from"] == 100
+    table = init_time.format_table(records)
+    assert "extrapolated from 100" in table and "manifest_reopen" in table
+    import json
+    json.dumps(records)

@@ -1,0 +1,214 @@
+"""Folder layouts, the three index strategies, integrity checks and manifest invalidation."""
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from foodlab.data import index as index_mod
+from foodlab.data.index import DatasetError, build_index, check_file, manifest_paths
+from foodlab.data.layouts import LayoutError, detect_layout, resolve_layout
+from foodlab.data.synth import generate_synthetic
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return generate_synthetic(tmp_path / "pairs", 12, size=48, seed=0, classes=4, workers=1, progress=False)
+
+
+def make_uec(root, n=4, size=32):
+    """UECFoodPixComplete: {train,test}/img/*.jpg + {train,test}/mask/*.png, class id in the RED channel."""
+    for split in ("train", "test"):
+        (root / split / "img").mkdir(parents=True)
+        (root / split / "mask").mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / split / "img" / f"{i}.jpg"), np.full((size, size, 3), 100, np.uint8))
+            bgr = np.zeros((size, size, 3), np.uint8)
+            bgr[..., 0], bgr[..., 1] = 77, 99           # blue / green hold other data, not the class
+            bgr[: size // 2, :, 2] = i + 1              # red: class id in the top half
+            cv2.imwrite(str(root / split / "mask" / f"{i}.png"), bgr)
+    return root
+
+
+def test_detect_each_layout(tmp_path, pairs):
+    assert detect_layout(pairs) == "pairs"
+    fs = generate_synthetic(tmp_path / "fs", 5, size=32, layout="foodseg103", workers=1, progress=False)
+    assert detect_layout(fs) == "foodseg103"
+    uec = make_uec(tmp_path / "uec")
+    assert detect_layout(uec) == "uecfoodpix"
+    lay = resolve_layout(uec, "auto", "test")
+    assert lay.mask_channel == "red" and [f.split for f in lay.folders] == ["test"]
+    assert len(resolve_layout(fs).folders) == 2                      # split=None: every split
+    assert [f.split for f in resolve_layout(fs, split="train").folders] == ["train"]
+
+
+def test_layout_errors(tmp_path, pairs):
+    with pytest.raises(LayoutError, match="unknown layout"):
+        resolve_layout(pairs, "coco")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="cannot detect"):
+        resolve_layout(tmp_path / "empty")
+    with pytest.raises(LayoutError, match="needs folder"):
+        resolve_layout(tmp_path / "empty", "pairs")
+    with pytest.raises(LayoutError, match="no split folders"):
+        resolve_layout(tmp_path / "empty", "foodseg103")
+    with pytest.raises(LayoutError, match="split 'val'"):
+        resolve_layout(make_uec(tmp_path / "uec"), "uecfoodpix", "val")
+    with pytest.raises(LayoutError, match="not a folder"):
+        resolve_layout(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("strategy", ["decode", "stat", "manifest"])
+def test_strategies_agree_on_valid_data(pairs, strategy):
+    idx = build_index(resolve_layout(pairs), strategy)
+    assert len(idx.samples) == 12 and idx.skipped == []
+    img, msk = idx.samples[0]
+    assert img.endswith("images/000000.jpg") and msk.endswith("masks/000000.png")
+    ref = build_index(resolve_layout(pairs), "stat")
+    assert idx.fingerprint == ref.fingerprint and list(idx.samples) == list(ref.samples)
+
+
+def test_check_file_end_markers(tmp_path, pairs):
+    jpg = (pairs / "images" / "000000.jpg").read_bytes()
+    png = (pairs / "masks" / "000000.png").read_bytes()
+    cases = {
+        "ok.jpg": (jpg, None), "ok.png": (png, None),
+        "half.jpg": (jpg[: len(jpg) // 2], "no FF D9"), "half.png": (png[:-20], "no IEND"),
+        "zero.jpg": (b"", "empty"), "text.jpg": (b"hello, not a jpeg\n", "no FF D9"),
+        "padded.jpg": (jpg + b"\0\0\n", None),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        got = check_file(str(tmp_path / name))[2]
+        assert (got is None) if reason is None else (reason in got), (name, got)
+    assert "unreadable" in check_file(str(tmp_path / "missing.jpg"))[2]
+    assert cv2.imread(str(tmp_path / "half.jpg")) is not None     # why decoding is not an integrity check
+
+
+def test_manifest_skips_bad_files_with_reasons(pairs):
+    jpg = (pairs / "images" / "000001.jpg").read_bytes()
+    (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (pairs / "images" / "000002.jpg").write_bytes(b"")
+    (pairs / "images" / "000003.jpg").write_text("not an image")
+    (pairs / "masks" / "000004.png").unlink()
+    (pairs / "masks" / "000005.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    idx = build_index(resolve_layout(pairs), "manifest")
+    reasons = {os.path.basename(p): r for p, r in idx.skipped}
+    assert len(idx.samples) == 7
+    assert "FF D9" in reasons["000001.jpg"] and "empty" in reasons["000002.jpg"]
+    assert "FF D9" in reasons["000003.jpg"] and reasons["000004.jpg"] == "missing mask"
+    assert "IEND" in reasons["000005.png"]
+    # stat (the original "after") only sees the empty file and the missing mask
+    stat = build_index(resolve_layout(pairs), "stat")
+    assert len(stat.samples) == 10
+    # decode catches the text file but not the truncated JPEG
+    dec = {os.path.basename(p) for p, _ in build_index(resolve_layout(pairs), "decode").skipped}
+    assert "000003.jpg" in dec and "000001.jpg" not in dec
+
+
+def test_mostly_bad_fails_loudly(pairs):
+    for i in range(7):
+        (pairs / "images" / f"{i:06d}.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"(?s)7 of 12 images are bad.*empty file"):
+        build_index(resolve_layout(pairs), "manifest")
+    build_index(resolve_layout(pairs), "manifest", check_bad=False)   # info can still list them
+
+
+def _tick():
+    """Let directory mtimes move past the previous change (coarse filesystem clocks)."""
+    time.sleep(0.02)
+
+
+def test_manifest_reopen_and_invalidation(pairs):
+    lay = resolve_layout(pairs)
+    first = build_index(lay, "manifest")
+    assert first.source == "scan" and first.manifest_path == manifest_paths(lay)[0]
+    assert first.manifest_path.exists() and first.manifest_path.parent == pairs
+    again = build_index(lay, "manifest")
+    assert again.source == "manifest" and again.fingerprint == first.fingerprint
+    assert list(again.samples) == list(first.samples) and np.array_equal(again.stats, first.stats)
+
+    _tick()   # add a pair
+    for sub, ext in (("images", "jpg"), ("masks", "png")):
+        (pairs / sub / f"extra.{ext}").write_bytes((pairs / sub / f"000000.{ext}").read_bytes())
+    added = build_index(lay, "manifest")
+    assert added.source == "scan" and len(added.samples) == 13 and added.fingerprint != first.fingerprint
+    assert build_index(lay, "manifest").source == "manifest"
+
+    _tick()   # remove one
+    (pairs / "images" / "000003.jpg").unlink()
+    removed = build_index(lay, "manifest")
+    assert removed.source == "scan" and len(removed.samples) == 12
+    assert all("000003" not in p for p, _ in removed.samples)
+
+    _tick()   # change a file in place: the folder mtime stays, the per-file stat in the manifest differs
+    path = pairs / "images" / "000004.jpg"
+    path.write_bytes(path.read_bytes()[:100])
+    kept = build_index(lay, "manifest")
+    i = [os.path.basename(p) for p, _ in kept.samples].index("000004.jpg")
+    assert kept.stats[i][0] != path.stat().st_size          # the dataset re-checks it at load time
+    assert build_index(lay, "manifest", rescan=True).source == "scan"
+
+
+def test_corrupt_manifest_is_rebuilt(pairs):
+    lay = resolve_layout(pairs)
+    path = build_index(lay, "manifest").manifest_path
+    path.write_bytes(b"garbage")
+    idx = build_index(lay, "manifest")
+    assert idx.source == "scan" and len(idx.samples) == 12
+
+
+def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path):
+    monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
+    real = index_mod._write_atomic
+
+    def refuse_data_folder(path, *args):
+        if path.parent == pairs:
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args)
+
+    monkeypatch.setattr(index_mod, "_write_atomic", refuse_data_folder)
+    lay = resolve_layout(pairs)
+    first = build_index(lay, "manifest")
+    assert first.manifest_path.is_relative_to(tmp_path / "cache" / "manifests")
+    assert not list(pairs.glob(".foodlab_manifest*"))
+    assert build_index(lay, "manifest").source == "manifest"
+
+
+def test_samples_pickle_and_slice(pairs):
+    import pickle
+
+    idx = build_index(resolve_layout(pairs), "manifest")
+    s2 = pickle.loads(pickle.dumps(idx.samples))
+    assert list(s2) == list(idx.samples) and idx.samples[1:3] == [idx.samples[1], idx.samples[2]]
+
+
+def test_uecfoodpix_mask_red_channel(tmp_path):
+    from foodlab.data import FoodSegDataset
+
+    root = make_uec(tmp_path / "uec", n=3, size=32)
+    ds = FoodSegDataset(root, split="train", image_size=32, num_classes=10)
+    assert ds.layout.name == "uecfoodpix" and len(ds) == 3
+    mask = ds[1][1]
+    assert mask[:16].unique().tolist() == [2] and mask[16:].unique().tolist() == [0]
+
+
+def test_incremental_rescan_checks_only_new_files(pairs, monkeypatch):
+    lay = resolve_layout(pairs)
+    first = build_index(lay, "manifest")
+    _tick()
+    jpg = (pairs / "images" / "000000.jpg").read_bytes()
+    (pairs / "images" / "new.jpg").write_bytes(jpg[: len(jpg) // 2])          # truncated newcomer
+    (pairs / "masks" / "new.png").write_bytes((pairs / "masks" / "000000.png").read_bytes())
+    checked = []
+    real = index_mod.check_file
+    monkeypatch.setattr(index_mod, "check_file", lambda name, dir_fd=None: checked.append(name) or real(name, dir_fd))
+    again = build_index(lay, "manifest")
+    assert again.source == "scan" and sorted(checked) == ["new.jpg", "new.png"]
+    assert len(again.samples) == 12 and "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
+    assert np.array_equal(again.stats, first.stats) and again.fingerprint == first.fingerprint
+    checked.clear()
+    assert len(build_index(lay, "manifest", rescan=True).samples) == 12 and len(checked) == 26   # full scan
