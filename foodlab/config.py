@@ -62,6 +62,7 @@ class TrainConfig:
     experiment: str = "foodlab-train"
     run_name: str | None = None
     log_every: int = 1
+    sam2_cached_embeddings: bool = False  # head off: train the decoder on precomputed embeddings
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None) -> T:

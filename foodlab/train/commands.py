@@ -1,2 +1,145 @@
-def add_commands(sub):
-    """Placeholder until this area lands."""
+"""``foodlab train`` and ``foodlab distill`` (``python -m foodlab.train`` = ``foodlab train``).
+
+Flags default to None and only override the dataclass defaults in foodlab.config,
+so one place holds the defaults. Heavy imports stay inside the command functions.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+LOG_FILE = Path("logs") / "training.log"  # relative to the working directory, as users expect
+
+log = logging.getLogger(__name__)
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `foodlab train` and `foodlab distill` share."""
+    bool_flag = argparse.BooleanOptionalAction
+    p.add_argument("--data", metavar="DIR", help="dataset root (default: the built-in synthetic dataset)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), help="default auto: cuda > mps > cpu")
+    p.add_argument("--model-type", choices=("tiny", "small", "base_plus", "large"), help="SAM2 size")
+    p.add_argument("--lightweight-head", action=bool_flag, default=None,
+                   help="train the lightweight head (default) or, with --no-lightweight-head, SAM2 itself")
+    p.add_argument("--head", choices=("fast", "baseline"))
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--num-classes", type=int, help="1: food/not food; >1: class ids")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: per device)")
+    p.add_argument("--amp", action=bool_flag, default=None, help="autocast (default: per device)")
+    p.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--cache", nargs="?", const="auto", metavar="DIR",
+                   help="decoded-image cache (default folder: $FOODLAB_CACHE/decoded, else ~/.cache/foodlab/decoded)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from <out-dir>/<run>/last.pt")
+    p.add_argument("--experiment", help="MLflow experiment")
+    p.add_argument("--run-name", help="MLflow run name (also names the checkpoint folder)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out-dir", help="checkpoints go to <out-dir>/<run-name or experiment>/")
+    p.add_argument("--val-fraction", type=float, help="seeded holdout when the dataset has no val split")
+    p.add_argument("--freeze-image-encoder", action="store_true", default=None)
+    p.add_argument("--sam2-checkpoint", metavar="PATH")
+    p.add_argument("--sam2-cached-embeddings", action="store_true", default=None,
+                   help="with --no-lightweight-head: train SAM2's decoder on precomputed image embeddings")
+    p.add_argument("--synthetic-n", type=int, help="images in the built-in synthetic dataset")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (tests, smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def configs_from_args(args: argparse.Namespace):
+    """(DataConfig, ModelConfig, TrainConfig) from the dataclass defaults plus the flags given."""
+    from foodlab.config import DataConfig, ModelConfig, TrainConfig
+
+    def given(**pairs):
+        return {k: v for k, v in pairs.items() if v is not None}
+
+    cache = args.cache
+    if cache == "auto":
+        from foodlab.data.synth import default_cache_root
+
+        cache = str(default_cache_root() / "decoded")
+    n_classes = args.num_classes
+    data = DataConfig(**given(root=args.data, image_size=args.image_size, num_classes=n_classes, cache=cache,
+                              synth_n=args.synthetic_n))  # --seed is the training seed, not the data's
+    if args.image_size is not None and args.data is None:
+        data.synth_size = args.image_size  # generate at the size we train at: no resize per sample
+    model = ModelConfig(**given(use_lightweight_head=args.lightweight_head, head=args.head,
+                                sam2_model_type=args.model_type, sam2_checkpoint=args.sam2_checkpoint,
+                                freeze_image_encoder=args.freeze_image_encoder, num_classes=n_classes))
+    train = TrainConfig(**given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                                num_workers=args.num_workers, amp=args.amp, accum_steps=args.accum_steps,
+                                channels_last=args.channels_last, compile=args.compile, seed=args.seed,
+                                val_fraction=args.val_fraction, out_dir=args.out_dir, resume=args.resume,
+                                experiment=args.experiment, run_name=args.run_name,
+                                sam2_cached_embeddings=args.sam2_cached_embeddings))
+    return data, model, train
+
+
+def _setup_file_logging() -> None:
+    from foodlab.logging_setup import setup_logging
+
+    root = logging.getLogger()
+    if int(os.environ.get("RANK", "0")) == 0:
+        setup_logging(root.level or logging.INFO, log_file=LOG_FILE)
+    else:  # other DDP ranks: warnings only, and not into rank 0's file
+        setup_logging(logging.WARNING)
+
+
+def _run(args: argparse.Namespace, distill: bool) -> int:
+    from foodlab.tracking import TrackingUnavailable
+    from foodlab.train.loop import TrainingDiverged
+
+    _setup_file_logging()
+    data, model, train_cfg = configs_from_args(args)
+    try:
+        if distill:
+            from foodlab.train.distill import distill as run
+
+            result = run(data, model, train_cfg, teacher=args.teacher_checkpoint or args.teacher,
+                         targets=args.targets, alpha=args.alpha, teacher_cache=args.teacher_cache,
+                         teacher_image_size=args.teacher_image_size,
+                         max_steps=args.max_steps, progress=not args.no_progress)
+        else:
+            from foodlab.train.loop import train as run
+
+            result = run(data, model, train_cfg, max_steps=args.max_steps, progress=not args.no_progress)
+    except TrackingUnavailable as exc:
+        print(f"foodlab {'distill' if distill else 'train'}: MLflow tracking unavailable: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        log.error("training diverged: %s", exc)
+        return 3
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    log.info("done: %d steps, best val mIoU %.4f, run %s, best checkpoint %s",
+             result.steps, result.best_miou, result.run_id, result.best_checkpoint)
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train the lightweight head (or SAM2) with MLflow tracking",
+                       description="Train on a dataset folder, or on the built-in synthetic dataset without --data.")
+    add_training_flags(p)
+    p.set_defaults(func=lambda args: _run(args, distill=False))
+
+    d = sub.add_parser("distill", help="train the lightweight head on a SAM2 teacher's cached masks",
+                       description="Run the SAM2 teacher once over the dataset, cache its mask logits, "
+                                   "then train the lightweight head on them.")
+    add_training_flags(d)
+    teacher = d.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher-checkpoint", metavar="PATH", help="SAM2 checkpoint of the teacher")
+    teacher.add_argument("--teacher", choices=("random",), help="random SAM2 weights (plumbing tests only)")
+    d.add_argument("--targets", choices=("soft", "hard"), default="soft",
+                   help="soft: sigmoid/softmax of the teacher's logits; hard: its thresholded masks")
+    d.add_argument("--alpha", type=float, default=0.0, help="weight of the ground-truth loss (0: teacher only)")
+    d.add_argument("--teacher-cache", metavar="DIR", help="where teacher logits are cached (default: <out-dir>)")
+    d.add_argument("--teacher-image-size", type=int, help="SAM2 input size of the teacher (default: its 1024)")
+    d.set_defaults(func=lambda args: _run(args, distill=True))

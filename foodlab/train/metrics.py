@@ -1,6 +1,7 @@
-"""IoU and Dice accumulated over a validation pass (confusion-matrix based, exact)."""
+"""IoU and Dice accumulated over a validation pass (confusion-matrix based, exact), and a prediction grid."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from foodlab.train.losses import IGNORE_INDEX
@@ -53,3 +54,25 @@ class SegMetrics:
                 out[f"dice_class_{c}"] = float(dice[c])
         out["pixel_acc"] = float(tp.sum() / cm.sum().clamp_min(1))
         return out
+
+
+def overlay_figure(images: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, max_images: int = 4):
+    """A grid: image | ground truth | prediction, masks tinted over the image (no pyplot, no backend switch)."""
+    from matplotlib.figure import Figure
+
+    n = min(max_images, len(images))
+    fig = Figure(figsize=(7.5, 2.5 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
+    labels = np.concatenate([target[target != IGNORE_INDEX].cpu().numpy().ravel(), pred.cpu().numpy().ravel(), [0]])
+    vmax = max(2, int(labels.max()) + 1)
+    for i in range(n):
+        img = images[i].float().permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+        for ax, mask, title in zip(axes[i], (None, target[i], pred[i]), ("image", "ground truth", "prediction")):
+            ax.imshow(img)
+            if mask is not None:
+                m = mask.cpu().numpy()
+                ax.imshow(np.ma.masked_where((m == 0) | (m == IGNORE_INDEX), m), cmap="tab20", alpha=0.55, vmin=0, vmax=vmax)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,158 @@
+"""Distillation: a SAM2 teacher runs once over the dataset, the lightweight head learns from it.
+
+The teacher is the full SAM2 (``FoodDetector(use_lightweight_head=False)``) prompted
+from the ground-truth masks' boxes; an image without labels (an empty mask) is
+prompted with the whole-image box, which is how unlabelled food photos get targets.
+Its mask logits are cached once as an fp16 ``.npy`` memmap keyed by the dataset
+fingerprint and the teacher, so later runs (other heads, other settings) reuse them.
+The student trains through the ordinary loop with ``distill_step``: soft targets
+(sigmoid/softmax of the teacher's logits), or hard ones (its thresholded masks),
+optionally mixed with the ground-truth loss by ``alpha``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from foodlab import devices, tracking
+from foodlab.config import DataConfig, ModelConfig, TrainConfig
+from foodlab.train.loop import StepFn, TrainResult, build_datasets, map_split, train
+from foodlab.train.losses import segmentation_loss
+from foodlab.train.metrics import predictions
+
+log = logging.getLogger(__name__)
+
+
+def _teacher_id(teacher: str) -> str:
+    if teacher == "random":
+        return "random"
+    p = Path(teacher)
+    if not p.is_file():
+        raise FileNotFoundError(f"teacher checkpoint not found: {teacher}")
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def teacher_logits(dataset, teacher: str, model_cfg: ModelConfig, cache_dir: str | Path, device: torch.device,
+                   batch_size: int = 2, sam2_image_size: int | None = None, seed: int = 0) -> Path:
+    """Run the SAM2 teacher once over ``dataset``; returns the ``.npy`` of its fp16 logits (N, C, H, W).
+
+    A complete cache for the same dataset fingerprint, teacher, model type, sizes and
+    classes is reused without building SAM2 at all.
+    """
+    meta = {"fingerprint": str(getattr(dataset, "fingerprint", "")), "n": len(dataset),
+            "teacher": _teacher_id(teacher), "model_type": model_cfg.sam2_model_type,
+            "num_classes": model_cfg.num_classes, "sam2_image_size": sam2_image_size, "seed": seed}
+    key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / f"teacher_{key}"
+    meta_path, logits_path = out / "meta.json", out / "logits.npy"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("complete"):
+        log.info("reusing cached teacher logits in %s", out)
+        return logits_path
+    out.mkdir(parents=True, exist_ok=True)
+    from foodlab.models import FoodDetector
+
+    torch.manual_seed(seed)  # a "random" teacher is the same random teacher every time
+    sam_teacher = FoodDetector(use_lightweight_head=False, sam2_model_type=model_cfg.sam2_model_type,
+                               sam2_checkpoint=None if teacher == "random" else teacher,
+                               num_classes=model_cfg.num_classes, device=device, sam2_image_size=sam2_image_size)
+    sam_teacher.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    dtype = devices.autocast_dtype(device) if device.type != "cpu" else None
+    arr, start = None, 0
+    with torch.inference_mode():
+        for images, masks in tqdm(loader, desc="SAM2 teacher", unit="batch"):
+            with devices.autocast(device, dtype):  # empty masks -> whole-image box prompts
+                logits = sam_teacher(images.to(device), masks=masks.to(device)).float()
+            if arr is None:
+                arr = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16,
+                                                shape=(len(dataset), *logits.shape[1:]))
+            arr[start:start + len(logits)] = logits.clamp(-6e4, 6e4).cpu().numpy().astype(np.float16)
+            start += len(logits)
+    arr.flush()
+    meta_path.write_text(json.dumps({**meta, "complete": True}, indent=2))
+    log.info("cached teacher logits for %d images in %s", len(dataset), out)
+    return logits_path
+
+
+class TeacherTargets(Dataset):
+    """(image, mask, teacher_logits) for each item of ``base``; the logits come from the memmap."""
+
+    def __init__(self, base, logits_path: str | Path):
+        self.base, self.logits_path, self._logits = base, Path(logits_path), None
+        self.fingerprint = getattr(base, "fingerprint", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        if self._logits is None:  # opened lazily: pickles cheaply into DataLoader workers
+            self._logits = np.load(self.logits_path, mmap_mode="r")
+        image, mask = self.base[i]
+        return image, mask, torch.from_numpy(np.array(self._logits[i], dtype=np.float32))
+
+    def bad_report(self) -> dict:
+        return self.base.bad_report() if hasattr(self.base, "bad_report") else {}
+
+
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, targets: str = "soft",
+                 alpha: float = 0.0) -> torch.Tensor:
+    """Loss against the teacher (soft probabilities or hard masks), plus ``alpha`` x the ground-truth loss."""
+    logits, teacher = logits.float(), teacher.float()
+    if targets == "hard":
+        t_loss = segmentation_loss(logits, predictions(teacher))
+    elif logits.shape[1] == 1:
+        t_loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
+    else:
+        t_loss = -(torch.softmax(teacher, dim=1) * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    if alpha <= 0:
+        return t_loss
+    return (1 - alpha) * t_loss + alpha * segmentation_loss(logits, target)
+
+
+def distill_step(targets: str = "soft", alpha: float = 0.0) -> StepFn:
+    if targets not in ("soft", "hard"):
+        raise ValueError(f"targets must be 'soft' or 'hard', got {targets!r}")
+
+    def step(model, batch):
+        images, masks, teacher = batch
+        logits = model(images)
+        return distill_loss(logits, teacher, masks, targets, alpha), logits, masks
+    return step
+
+
+def distill(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *, teacher: str = "random",
+            targets: str = "soft", alpha: float = 0.0, teacher_cache: str | Path | None = None,
+            teacher_image_size: int | None = None, max_steps: int | None = None, progress: bool = True,
+            track: bool = True) -> TrainResult:
+    """Train the lightweight head on a SAM2 teacher's cached logits (``teacher``: checkpoint path or "random")."""
+    if not model_cfg.use_lightweight_head:
+        raise ValueError("distillation trains the lightweight head: drop --no-lightweight-head")
+    step_fn = distill_step(targets, alpha)  # validates ``targets`` before any work
+    if track:  # fail on a dead tracking server before the (expensive) teacher pass
+        tracking.configure(check=True)
+    if data_cfg.augment:  # the teacher's cached logits belong to the un-augmented images
+        log.warning("distillation: turning data augmentation off (teacher targets are cached per image)")
+        data_cfg = dataclasses.replace(data_cfg, augment=False)
+    device = devices.resolve_device(train_cfg.device)
+    cache_dir = Path(teacher_cache or Path(train_cfg.out_dir) / "teacher_cache")
+    train_ds, val_ds, full = build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
+
+    def with_teacher(base):
+        return TeacherTargets(base, teacher_logits(base, teacher, model_cfg, cache_dir, device, seed=train_cfg.seed,
+                                                   sam2_image_size=teacher_image_size))
+
+    params = {"distill": {"teacher": teacher, "targets": targets, "alpha": alpha,
+                          "teacher_image_size": teacher_image_size}}
+    return train(data_cfg, model_cfg, train_cfg, max_steps=max_steps, progress=progress, track=track,
+                 datasets=(map_split(train_ds, with_teacher), map_split(val_ds, with_teacher), full), step_fn=step_fn,
+                 extra_params=params)

@@ -1,0 +1,484 @@
+"""The training loop: ``train(data_cfg, model_cfg, train_cfg)`` -> a tracked, checkpointed run.
+
+Order matters and is the point of this file: check the MLflow store first (an
+unreachable server fails before any data or model is built), then data, model,
+optimizer, and a resume from ``last.pt`` if asked; then epochs of
+``train_one_epoch`` + ``evaluate``, each ending in an atomic checkpoint. A batch
+is anything ``step_fn(model, batch) -> (loss, logits, target)`` understands, so
+supervised training, full-SAM2 training, decoder-only training on cached
+embeddings and distillation all run through this one loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from foodlab import devices, tracking
+from foodlab.config import DataConfig, ModelConfig, TrainConfig, as_dict
+from foodlab.train.checkpoint import (StopOnSignal, restore_training_state, rng_state, save_checkpoint, set_rng_state,
+                                      training_state)
+from foodlab.train.ddp import Dist, ResumableSampler
+from foodlab.train.losses import segmentation_loss
+from foodlab.train.metrics import SegMetrics, overlay_figure, predictions
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    best_miou: float
+    metrics: dict[str, float]                  # the last validation metrics
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    steps: int                                 # optimizer steps taken in total (across resumes)
+    epochs: int                                # epochs completed
+    skipped: dict = field(default_factory=dict)  # the dataset's bad-sample report
+    history: list[dict] = field(default_factory=list)  # one entry per epoch
+    interrupted: bool = False
+
+
+@dataclass
+class Session:
+    """Everything one epoch needs; built once by ``train``."""
+    model: nn.Module            # what the forward runs through (maybe DDP / compiled)
+    raw_model: nn.Module        # what gets saved
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    step_fn: StepFn
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    cfg: TrainConfig
+    dist: Dist
+    track: bool
+    progress: bool
+    max_steps: int | None
+    step: int = 0
+
+
+def supervised_step(full_sam2: bool = False) -> StepFn:
+    """(images, masks) batches; full SAM2 is prompted from the ground-truth masks."""
+    def step(model: nn.Module, batch: Any):
+        images, masks = batch[0], batch[1]
+        logits = model(images, masks=masks) if full_sam2 else model(images)
+        return segmentation_loss(logits, masks), logits, masks
+    return step
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        t = batch.to(device, non_blocking=device.type == "cuda")
+        if channels_last and t.dim() == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def default_amp(device: torch.device) -> bool:
+    """Autocast on where the device runs reduced precision natively (CPU: only with bf16 instructions)."""
+    if device.type != "cpu":
+        return devices.autocast_dtype(device) is not None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def holdout_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, val) index lists; at least one validation sample when n > 1."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction))) if n > 1 and val_fraction > 0 else 0
+    return perm[n_val:], perm[:n_val]
+
+
+def _own_val_split(root, data_cfg: DataConfig) -> str | None:
+    """'val'/'test' when the root has a train split and one of those (and no other split was asked for)."""
+    from foodlab.data.layouts import LayoutError, resolve_layout
+
+    if data_cfg.split not in (None, "train"):
+        return None
+    try:
+        splits = {f.split for f in resolve_layout(root, data_cfg.layout, None).folders}
+    except LayoutError:
+        return None
+    return next((s for s in ("val", "test") if s in splits), None) if "train" in splits else None
+
+
+def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
+    """(train, val, full) datasets: the root's own val/test split when it has one, else a seeded holdout."""
+    from torch.utils.data import Subset
+
+    from foodlab.data import FoodSegDataset, ensure_synthetic
+
+    root = data_cfg.root or ensure_synthetic(n=data_cfg.synth_n, size=data_cfg.synth_size, seed=data_cfg.seed,
+                                             classes=data_cfg.synth_classes)
+    kw = dict(layout=data_cfg.layout, index=data_cfg.index, image_size=data_cfg.image_size,
+              num_classes=data_cfg.num_classes, on_bad=data_cfg.on_bad, cache=data_cfg.cache)
+    own_val = _own_val_split(root, data_cfg)
+    if own_val is not None:
+        log.info("validation on the dataset's own %r split", own_val)
+        train_ds = FoodSegDataset(root, split="train", augment=data_cfg.augment, **kw)
+        return train_ds, FoodSegDataset(root, split=own_val, augment=False, **kw), train_ds
+    full = FoodSegDataset(root, split=data_cfg.split, augment=data_cfg.augment, **kw)
+    train_idx, val_idx = holdout_split(len(full), val_fraction, seed)
+    plain = FoodSegDataset(root, split=data_cfg.split, augment=False, **kw) if data_cfg.augment else full
+    log.info("seeded holdout: %d train / %d val images", len(train_idx), len(val_idx))
+    return Subset(full, train_idx), Subset(plain, val_idx), full
+
+
+def map_split(ds, fn: Callable[[Any], Any]):
+    """Apply ``fn`` to the dataset under a split, keeping a holdout's indices (``Subset``)."""
+    from torch.utils.data import Subset
+
+    return Subset(fn(ds.dataset), ds.indices) if isinstance(ds, Subset) else fn(ds)
+
+
+class SAM2Decoder(nn.Module):
+    """SAM2's prompt encoder + mask decoder on cached image features (the encoder ran once, offline).
+
+    conv_s0/conv_s1 were applied before caching, so they stay frozen with the encoder.
+    """
+
+    def __init__(self, sam: nn.Module, num_classes: int, seed: int = 0):
+        super().__init__()
+        self.sam, self.num_classes, self._rng = sam, num_classes, np.random.default_rng(seed)
+        sam.requires_grad_(False)
+        for name, p in [*sam.sam_prompt_encoder.named_parameters(), *sam.sam_mask_decoder.named_parameters()]:
+            p.requires_grad_(not name.startswith(("conv_s0", "conv_s1")))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, features: dict, masks: torch.Tensor) -> torch.Tensor:
+        from foodlab.models.sam2_backend import decoder_logits
+
+        rng = self._rng if self.training else np.random.default_rng(0)
+        return decoder_logits(self.sam, features, masks, self.num_classes, rng=rng)
+
+
+def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
+                       sam2_image_size: int | None = None) -> dict:
+    """Datasets of cached SAM2 embeddings, the decoder-only model and its step: ``train(**setup)`` inputs."""
+    from foodlab.models.sam2_backend import EmbeddingDataset, build_sam2_model, embed_dataset
+
+    train_ds, val_ds, full = build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
+    root = Path(train_cfg.out_dir) / "sam2_embeddings"
+
+    def embedded(ds):
+        key = f"{getattr(ds, 'fingerprint', 'data')}_{getattr(ds, 'split', None)}_{model_cfg.sam2_model_type}"
+        return EmbeddingDataset(embed_dataset(ds, root / key, model_cfg.sam2_model_type, model_cfg.sam2_checkpoint,
+                                              device=device, image_size=sam2_image_size))
+
+    sam = build_sam2_model(model_cfg.sam2_model_type, model_cfg.sam2_checkpoint, device, image_size=sam2_image_size)
+    model = SAM2Decoder(sam, model_cfg.num_classes, seed=train_cfg.seed)
+
+    def step(m: nn.Module, batch: Any):
+        features, masks = batch
+        logits = m(features, masks)
+        return segmentation_loss(logits, masks), logits, masks
+    return {"datasets": (map_split(train_ds, embedded), map_split(val_ds, embedded), full), "model": model,
+            "step_fn": step}
+
+
+def build_model(model_cfg: ModelConfig, device: torch.device) -> nn.Module:
+    from foodlab.models import FoodDetector
+
+    return FoodDetector(
+        use_lightweight_head=model_cfg.use_lightweight_head, head=model_cfg.head,
+        sam2_model_type=model_cfg.sam2_model_type, sam2_checkpoint=model_cfg.sam2_checkpoint,
+        num_classes=model_cfg.num_classes, device=device, freeze_image_encoder=model_cfg.freeze_image_encoder,
+    )
+
+
+@torch.no_grad()
+def evaluate(s: Session, loader, num_classes: int) -> tuple[dict[str, float], tuple | None]:
+    """Validation metrics over this rank's share (confusion summed over ranks) and a sample for overlays."""
+    s.raw_model.eval()
+    metrics, loss_sum, n, sample = SegMetrics(num_classes), 0.0, 0, None
+    for batch in loader:
+        batch = to_device(batch, s.device)
+        with devices.autocast(s.device, s.amp_dtype):
+            loss, logits, target = s.step_fn(s.raw_model, batch)
+        pred = predictions(logits.float())
+        metrics.update(pred, target)
+        loss_sum, n = loss_sum + float(loss) * len(target), n + len(target)
+        images = batch[0] if isinstance(batch, (list, tuple)) else None
+        if sample is None and isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == 3:
+            sample = (images[:4].cpu(), target[:4].cpu(), pred[:4].cpu())
+    metrics.confusion = s.dist.sum_(metrics.confusion, s.device)
+    totals = s.dist.sum_(torch.tensor([loss_sum, float(n)], dtype=torch.float64), s.device)
+    out = metrics.compute()
+    out["loss"] = float(totals[0] / max(1.0, float(totals[1])))
+    s.raw_model.train()
+    return out, sample
+
+
+def train_one_epoch(s: Session, loader, epoch: int, first_batch: int, stop: StopOnSignal) -> dict:
+    """Train until the loader ends, ``max_steps`` or a stop signal; returns the epoch's statistics.
+
+    Stops are honoured only where an optimizer step just finished, so a saved position
+    never splits a gradient-accumulation group.
+    """
+    cfg, accum = s.cfg, max(1, s.cfg.accum_steps)
+    n_batches = first_batch + len(loader)
+    bar = tqdm(total=n_batches, initial=first_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not (s.progress and s.dist.is_main), leave=False, dynamic_ncols=True)
+    stats = {"loss_sum": 0.0, "images": 0, "wait_s": 0.0, "busy_s": 0.0, "batch": first_batch, "reason": "end"}
+    s.model.train()
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        b = stats["batch"]
+        is_step = (b + 1) % accum == 0 or b + 1 == n_batches
+        batch = to_device(batch, s.device, cfg.channels_last)
+        with s.dist.no_sync(s.model, sync=is_step):
+            with devices.autocast(s.device, s.amp_dtype):
+                loss, _, target = s.step_fn(s.model, batch)
+            bad, stopping = s.dist.any(not bool(torch.isfinite(loss.detach())), stop.requested, device=s.device)
+            if bad:
+                raise TrainingDiverged(
+                    f"loss became {float(loss.detach()):g} at step {s.step + 1} (epoch {epoch + 1}, batch {b + 1}); "
+                    "stopped without saving, the last good checkpoint is kept; lower --lr or try --no-amp")
+            s.scaler.scale(loss / accum).backward()
+        if is_step:
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+            s.optimizer.zero_grad(set_to_none=True)
+            s.scheduler.step()
+            s.step += 1
+        t2 = time.perf_counter()
+        n_img, loss_val = len(target) * s.dist.world_size, float(loss.detach())
+        stats["batch"], stats["images"] = b + 1, stats["images"] + n_img
+        stats["loss_sum"] += loss_val * n_img
+        stats["wait_s"], stats["busy_s"] = stats["wait_s"] + (t1 - t0), stats["busy_s"] + (t2 - t0)
+        ips = n_img / max(t2 - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss_val:.4f}", img_s=f"{ips:.1f}")
+        bar.update()
+        if s.track and s.dist.is_main and is_step and s.step % max(1, cfg.log_every) == 0:
+            tracking.log_metrics({"train_loss": loss_val, "images_per_s": ips,
+                                  "lr": s.optimizer.param_groups[0]["lr"]}, step=s.step)
+        if is_step and stopping:
+            stats["reason"] = "signal"
+            break
+        if is_step and s.max_steps is not None and s.step >= s.max_steps:
+            stats["reason"] = "max_steps"
+            break
+    bar.close()
+    stats["complete"] = stats["batch"] >= n_batches
+    return stats
+
+
+def train(
+    data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+    max_steps: int | None = None, progress: bool = True, track: bool = True,
+    datasets: tuple | None = None, model: nn.Module | None = None, step_fn: StepFn | None = None,
+    on_epoch_end: Callable[[dict], bool] | None = None, extra_params: dict | None = None,
+) -> TrainResult:
+    """Train (or resume) a model and return where things ended up.
+
+    ``datasets=(train, val, full)``, ``model`` and ``step_fn`` replace the defaults built
+    from the configs (distillation and the benchmarks use them); ``on_epoch_end(entry)``
+    returning True stops after that epoch; ``track=False`` runs without MLflow.
+    """
+    device = devices.resolve_device(train_cfg.device)
+    dist = Dist.from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    try:
+        return _train(data_cfg, model_cfg, train_cfg, device, dist, max_steps=max_steps, progress=progress,
+                      track=track and dist.is_main, datasets=datasets, model=model, step_fn=step_fn,
+                      on_epoch_end=on_epoch_end, extra_params=extra_params or {})
+    finally:
+        dist.close()
+
+
+def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress, track, datasets, model, step_fn,
+           on_epoch_end, extra_params) -> TrainResult:
+    from foodlab.data import make_loader
+
+    if track:  # before any data or model work: a dead tracking server fails here, in seconds
+        tracking.configure(check=True)
+    if model_cfg.num_classes != data_cfg.num_classes:
+        raise ValueError(f"model num_classes={model_cfg.num_classes} but data num_classes={data_cfg.num_classes}")
+    log.info("Using device: %s (%s)", devices.device_name(device), device)
+    use_amp = default_amp(device) if train_cfg.amp is None else train_cfg.amp
+    amp_dtype = devices.autocast_dtype(device) if use_amp else None
+    seed_everything(train_cfg.seed)
+
+    if train_cfg.sam2_cached_embeddings and not model_cfg.use_lightweight_head and datasets is None:
+        setup = sam2_decoder_setup(data_cfg, model_cfg, train_cfg, device)
+        datasets, model, step_fn = setup["datasets"], setup["model"], step_fn or setup["step_fn"]
+    if dist.enabled and not dist.is_main:
+        dist.barrier()  # rank 0 first: it generates the synthetic data and index caches once
+    train_ds, val_ds, full_ds = datasets or build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
+    if dist.enabled and dist.is_main:
+        dist.barrier()
+    raw_model = model if model is not None else build_model(model_cfg, device)
+    raw_model.to(device)
+    if train_cfg.channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    params = (raw_model.trainable_parameters() if hasattr(raw_model, "trainable_parameters")
+              else [p for p in raw_model.parameters() if p.requires_grad])
+    optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+    bs, workers = train_cfg.batch_size, train_cfg.num_workers
+    sampler = ResumableSampler(train_ds, dist, seed=train_cfg.seed, shuffle=True)
+    loader = make_loader(train_ds, bs, device, num_workers=workers, shuffle=False, sampler=sampler,
+                         drop_last=len(train_ds) // dist.world_size > bs, seed=train_cfg.seed)
+    val_share = val_ds if not dist.enabled else torch.utils.data.Subset(
+        val_ds, list(range(dist.rank, len(val_ds), dist.world_size)))
+    val_loader = make_loader(val_share, bs, device, num_workers=workers, shuffle=False, seed=train_cfg.seed)
+    steps_per_epoch = math.ceil(len(loader) / max(1, train_cfg.accum_steps))
+    total_steps = max(1, steps_per_epoch * train_cfg.epochs if max_steps is None else max_steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=devices.needs_grad_scaler(device, amp_dtype))
+
+    ckpt_dir = Path(train_cfg.out_dir) / (train_cfg.run_name or train_cfg.experiment)
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    start_epoch, start_batch, step, best, history, run_id = 0, 0, 0, -1.0, [], None
+    if train_cfg.resume and last_path.exists():
+        ckpt = restore_training_state(last_path, raw_model, optimizer, scheduler, scaler)
+        start_epoch, start_batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+        if ckpt["configs"]["train"]["batch_size"] != train_cfg.batch_size:
+            raise ValueError(f"{last_path} was trained with batch size {ckpt['configs']['train']['batch_size']}; "
+                             "resume with the same --batch-size (the saved position counts batches)")
+        best, history, run_id = ckpt["best_miou"], ckpt["history"], ckpt["run_id"]
+        log.info("resuming from %s: epoch %d, batch %d, step %d", last_path, start_epoch + 1, start_batch, step)
+    elif train_cfg.resume:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", last_path)
+
+    fwd = dist.wrap(raw_model, device, find_unused=not model_cfg.use_lightweight_head)
+    if train_cfg.compile:
+        fwd = torch.compile(fwd)
+    s = Session(fwd, raw_model, optimizer, scheduler, scaler, step_fn or supervised_step(not
+                model_cfg.use_lightweight_head), device, amp_dtype, train_cfg, dist, track, progress, max_steps, step)
+    fingerprint = str(getattr(full_ds, "fingerprint", "n/a"))
+    tags = {"device": devices.device_name(device), "device_type": device.type, "torch_version": torch.__version__,
+            "foodlab_commit": tracking.git_commit(), "dataset_fingerprint": fingerprint,
+            "world_size": dist.world_size, "amp_dtype": str(amp_dtype).replace("torch.", "")}
+    run_ctx = (tracking.start_run(train_cfg.experiment, train_cfg.run_name, run_id=run_id, log_system_metrics=True)
+               if track else contextlib.nullcontext())
+    interrupted, last_metrics = False, (history[-1] if history else {})
+    train_time = history[-1]["train_time_s"] if history else 0.0  # training only: no validation, no logging
+    with run_ctx as run, StopOnSignal() as stop:
+        run_id = run.info.run_id if track else None
+        if track:
+            tracking.set_tags(tags)
+            if start_epoch == 0 and start_batch == 0 and step == 0:
+                tracking.log_params({"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(
+                    train_cfg), "run": {"train_images": len(train_ds), "val_images": len(val_ds),
+                                        "amp_dtype": tags["amp_dtype"], "max_steps": max_steps}, **extra_params})
+            else:
+                tracking.set_tags({"resumed_from_step": step})
+        configs = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(train_cfg)}
+
+        def extra() -> dict:
+            return {"best_miou": best, "history": history, "run_id": run_id, "configs": configs}
+        for epoch in range(start_epoch, train_cfg.epochs):
+            skip = start_batch if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip=skip * bs)
+            loader.generator = torch.Generator().manual_seed(train_cfg.seed + epoch)  # worker seeds, not global RNG
+            t_epoch = time.perf_counter()
+            st = train_one_epoch(s, loader, epoch, skip, stop)
+            train_time += time.perf_counter() - t_epoch
+            rng = rng_state()
+            if st["reason"] == "signal":
+                if dist.is_main:
+                    save_checkpoint(training_state(s, epoch, st["batch"], rng, extra()), last_path)
+                if track:
+                    tracking.set_tags({"interrupted_at_step": s.step})
+                log.warning("stopped by signal at step %d (epoch %d, batch %d); checkpoint %s; continue with --resume",
+                            s.step, epoch + 1, st["batch"], last_path)
+                interrupted = True
+                break
+            val, sample = evaluate(s, val_loader, model_cfg.num_classes)
+            entry = {"epoch": epoch + 1, "step": s.step, "train_loss": st["loss_sum"] / max(1, st["images"]),
+                     "images_per_s": st["images"] / max(st["busy_s"], 1e-9),
+                     "data_wait_fraction": st["wait_s"] / max(st["busy_s"], 1e-9),
+                     "epoch_s": time.perf_counter() - t_epoch, "train_time_s": train_time,
+                     **{f"val_{k}": v for k, v in val.items()}}
+            history.append(entry)
+            last_metrics = entry
+            position = (epoch + 1, 0) if st["complete"] else (epoch, st["batch"])
+            improved = val["miou"] > best
+            best = max(best, val["miou"])
+            if dist.is_main:
+                state = training_state(s, *position, rng, extra())
+                save_checkpoint(state, last_path)
+                if improved:
+                    save_checkpoint(state, best_path)
+            if track:
+                per_epoch = {("epoch_" + k if k in ("train_loss", "images_per_s") else k): v
+                             for k, v in entry.items() if k not in ("epoch", "step")}
+                tracking.log_metrics(per_epoch, step=s.step)  # per-step keys stay per-step only
+                if sample is not None:
+                    fig = overlay_figure(*sample)
+                    tracking.log_figure(fig, f"overlays/epoch_{epoch + 1:03d}.png")
+            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, Dice %.4f, %.1f img/s, "
+                     "data wait %.0f%%, %.1fs", epoch + 1, train_cfg.epochs, entry["train_loss"], val["loss"],
+                     val["miou"], val["dice"], entry["images_per_s"], 100 * entry["data_wait_fraction"],
+                     entry["epoch_s"])
+            set_rng_state(rng)  # validation and logging must not shift the training RNG stream
+            if st["reason"] == "max_steps" or (on_epoch_end is not None and on_epoch_end(entry)):
+                break
+        skipped = full_ds.bad_report() if hasattr(full_ds, "bad_report") else {}
+        if track:
+            _log_final_artifacts(raw_model, skipped, ckpt_dir, last_metrics)
+    dist.barrier()
+    return TrainResult(run_id, best, last_metrics, best_path if best_path.exists() else None,
+                       last_path if last_path.exists() else None, s.step, len(history), skipped, history,
+                       interrupted)
+
+
+def _log_final_artifacts(raw_model: nn.Module, skipped: dict, ckpt_dir: Path, metrics: dict) -> None:
+    """Bad-sample report, the model file (the head, or the whole trained module) and logs/training.log."""
+    tracking.log_dict(skipped, "bad_samples.json")
+    model_file = ckpt_dir / "model.pt"
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(raw_model, "use_lightweight_head", False):
+        raw_model.save_head(model_file)  # head name + num_classes + weights: FoodDetector.load_head reads it
+    else:
+        torch.save(raw_model.state_dict(), model_file)
+    tracking.log_artifact(model_file, "model")
+    for handler in logging.getLogger().handlers:
+        path = getattr(handler, "baseFilename", None)
+        if path and Path(path).exists():
+            handler.flush()
+            tracking.log_artifact(path, "logs")
+    if metrics:
+        log.info("final: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
