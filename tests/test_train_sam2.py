@@ -9,7 +9,7 @@ import torch
 
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
 from foodlab.train import train
-from foodlab.train.loop import sam2_decoder_setup
+from foodlab.train.setup import sam2_decoder_setup
 
 DATA = DataConfig(synth_n=4, synth_size=32, image_size=32)
 MODEL = ModelConfig(use_lightweight_head=False, freeze_image_encoder=True)

@@ -59,7 +59,7 @@ def _time_to_target(cfg: dict, configs: tuple, **train_kw) -> dict:
 def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **overrides) -> list[dict]:
     from foodlab.devices import resolve_device
     from foodlab.train import train
-    from foodlab.train.loop import sam2_decoder_setup
+    from foodlab.train.setup import sam2_decoder_setup
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")

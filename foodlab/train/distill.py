@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
-from foodlab.train.loop import StepFn, TrainResult, build_datasets, map_split, train
+from foodlab.train.loop import StepFn, TrainResult, train
+from foodlab.train.setup import build_datasets, map_split
 from foodlab.train.losses import segmentation_loss
 from foodlab.train.metrics import predictions
 
