@@ -63,13 +63,23 @@ def ensure_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingUnavailable(f"the folder of the MLflow database {db} is not writable")
 
 
+def artifact_location_for(experiment: str, uri: str | None = None) -> str | None:
+    """For a local sqlite store, artifacts live beside the database (``<db folder>/mlruns/<name>``),
+    not in whatever the current directory is; other stores use the server's default."""
+    uri = uri or mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).resolve().parent
+    return (folder / "mlruns" / experiment).as_uri()
+
+
 def get_or_create_experiment(name: str, tags: Mapping[str, str] | None = None) -> str:
     """Experiment id for ``name``, created with foodlab's tags if it does not exist yet."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     all_tags = {EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1], **(tags or {})}
     if exp is None:
-        return client.create_experiment(name, tags=all_tags)
+        return client.create_experiment(name, artifact_location=artifact_location_for(name), tags=all_tags)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     if exp.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:

@@ -1,2 +1,182 @@
-def add_commands(sub):
-    """Placeholder until this area lands."""
+"""CLI: ``foodlab bench``, ``foodlab run``, ``foodlab report``, ``foodlab ui``.
+
+Heavy imports (torch, mlflow, matplotlib) happen inside the handlers so ``foodlab --help``
+stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+# ``foodlab bench <name>`` -> the benchmark module whose experiment files it runs
+BENCH_NAMES = {"init": "init_time", "throughput": "throughput", "loader": "loader",
+               "precision": "precision", "memory": "memory", "quality": "quality"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCALES = ("smoke", "default", "full")
+
+
+def _device_and_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: the best available (cuda > mps > cpu)")
+    p.add_argument("--scale", default="default", choices=SCALES,
+                   help="smoke: seconds (tests); default: the ~10 min suite on a 2-core CPU; full: real sizes")
+
+
+def add_commands(sub) -> None:
+    bench = sub.add_parser("bench", help="run before/after benchmarks and log them to MLflow")
+    bench.add_argument("which", choices=[*BENCH_NAMES, "all"], help="which benchmark (all: every experiment file)")
+    _device_and_scale(bench)
+    bench.add_argument("--json", action="store_true", help="also print the records as JSON")
+    bench.add_argument("--no-mlflow", action="store_true", help="measure and print only, log nothing")
+    bench.add_argument("--experiment", action="append", metavar="NAME",
+                       help="only these experiment files (stem, e.g. dataset_init); repeatable")
+    bench.set_defaults(func=cmd_bench)
+
+    run = sub.add_parser("run", help="run one experiment file (experiments/<name>.yaml)")
+    run.add_argument("experiment", help="path to an experiment YAML, or its name in experiments/")
+    _device_and_scale(run)
+    run.add_argument("--json", action="store_true", help="also print the records as JSON")
+    run.add_argument("--no-mlflow", action="store_true", help="measure and print only, log nothing")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="before/after summary (Markdown + PNG) from the runs in MLflow")
+    report.add_argument("--experiment", action="append", metavar="NAME",
+                        help="experiment name (dataset_init or foodlab-dataset_init); repeatable; default: all")
+    report.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"],
+                        help="only runs measured on this device type (default: the latest runs)")
+    report.add_argument("--scale", default=None, choices=SCALES, help="only runs at this scale (default: the latest)")
+    report.add_argument("--out", default=None, help="output folder (default: experiments/results/<device-slug>)")
+    report.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+
+def _print_results(results, as_json: bool) -> None:
+    from foodlab.bench.runner import benchmark_module
+
+    for res in results:
+        exp = res.experiment
+        print(f"\n== {exp.name} ({exp.benchmark}, scale={res.scale}, {res.device_name}) — {res.wall_s:.1f} s")
+        module = benchmark_module(exp.benchmark)
+        if hasattr(module, "format_table"):
+            print(module.format_table(res.raw_records or res.records))
+        if as_json:
+            print(json.dumps({"experiment": exp.name, "scale": res.scale, "device": res.device,
+                              "device_name": res.device_name, "parent_run_id": res.parent_run_id,
+                              "records": res.records}, indent=2, default=str))
+
+
+def _print_summary(results, logged: bool, port: int = 5000) -> None:
+    from foodlab.bench.report import markdown_table
+
+    rows = [row for res in results for row in res.comparisons()]
+    if rows:
+        print("\n## Before / after\n")
+        print(markdown_table(rows, results[0].device_name))
+    if logged:
+        from foodlab import tracking
+
+        print(f"\nLogged to {tracking.tracking_uri()}. Open the runs table with `make ui` "
+              f"(or `foodlab ui`), then:")
+        for res in results:
+            print(f"  {res.experiment.mlflow_experiment:<28} {tracking.ui_url(res.experiment.mlflow_experiment, port=port)}")
+        print(f"Write the Markdown/PNG report with `foodlab report --scale {results[0].scale}` "
+              "(into experiments/results/<device>/).")
+
+
+def _experiments_for(which: str, only: list[str] | None):
+    from foodlab.bench.runner import experiment_files, load_experiment
+
+    paths = [p for p in experiment_files() if only is None or p.stem in only]
+    if which != "all":
+        paths = [p for p in paths if load_experiment(p).benchmark == BENCH_NAMES[which]]
+    return paths
+
+
+def cmd_bench(args) -> int:
+    from foodlab.bench.runner import run_experiment
+
+    paths = _experiments_for(args.which, args.experiment)
+    if not paths:
+        print(f"no experiment file in experiments/ uses benchmark {args.which!r}", file=sys.stderr)
+        return 2
+    results = []
+    for path in paths:
+        results.append(run_experiment(path, args.scale, args.device, log_to_mlflow=not args.no_mlflow))
+        _print_results(results[-1:], args.json)
+    _print_summary(results, logged=not args.no_mlflow)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from foodlab.bench.runner import ExperimentError, run_experiment
+
+    try:
+        result = run_experiment(args.experiment, args.scale, args.device, log_to_mlflow=not args.no_mlflow)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_results([result], args.json)
+    _print_summary([result], logged=not args.no_mlflow)
+    return 0
+
+
+def cmd_report(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from foodlab.bench.report import markdown_table, rows_from_mlflow, write_report
+
+    rows, device_name = rows_from_mlflow(args.experiment, device=args.device, scale=args.scale)
+    if not rows:
+        print("no foodlab benchmark runs found in the tracking store; run `foodlab bench all` first",
+              file=sys.stderr)
+        return 1
+    out = write_report(rows, device_name, args.out)
+    print(markdown_table(rows, device_name))
+    print(f"\nwrote {out / 'summary.md'} and {out / 'summary.png'}")
+    return 0
+
+
+def ui_command(host: str, port: int, backend_uri: str) -> list[str]:
+    """The ``mlflow server`` command line for the project's tracking store (loopback by default)."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", backend_uri, "--workers", "1"]
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    from foodlab import tracking
+
+    uri = tracking.configure()
+    if uri.startswith(("http://", "https://")):
+        print(f"MLFLOW_TRACKING_URI points at a server already: open {uri}")
+        return 0
+    from foodlab.bench.runner import experiment_files
+
+    print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}). Runs tables per experiment:")
+    for path in experiment_files():
+        name = f"foodlab-{path.stem}"
+        url = tracking.ui_url(name, args.host, args.port)
+        print(f"  {name:<28} {url if '#/experiments/' in url else '(not run yet: foodlab run ' + path.stem + ')'}")
+    print("Compare the child runs of the latest parent run: columns params.variant, "
+          "metrics.init_s / step_time_median_s / images_per_s / peak_memory_mb. Ctrl-C stops the UI.")
+    proc = subprocess.Popen(ui_command(args.host, args.port, uri))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,132 @@
+"""The before/after report and the bench CLI, against a fake benchmark and a temporary MLflow store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from foodlab.bench import report, runner
+from foodlab.cli import main
+
+from test_bench_runner import fake_bench, spec  # noqa: F401  (fixture reuse)
+
+
+@pytest.mark.parametrize("metric, before, after, words", [
+    ("init_s", 150.0, 1.5, "100x faster"),
+    ("step_time_median_s", 1.0, 2.0, "2.0x slower"),
+    ("images_per_s", 10.0, 35.0, "3.5x faster"),
+    ("peak_memory_mb", 1000.0, 250.0, "4.0x less memory"),
+    ("peak_memory_mb", 100.0, 150.0, "1.5x more memory"),
+    ("miou", 0.4, 0.6, "1.5x better"),
+    ("init_s", 0.0, 1.0, "n/a"),
+])
+def test_improvement_direction_follows_the_metric(metric, before, after, words):
+    assert report.improvement(metric, before, after)[1] == words
+
+
+def test_missing_metric_gives_no_row():
+    assert report.comparison_row("memory", "largest_batch", "a", "b", None, 8) is None
+
+
+def test_markdown_table_names_device_and_values():
+    row = report.comparison_row("dataset_init", "init_s", "decode", "manifest", 150.0, 0.002)
+    text = report.markdown_table([row], "CPU Test (2 cores)")
+    assert "CPU Test (2 cores)" in text
+    assert "| Metric | Before | After | Improvement |" in text
+    assert "150 s" in text and "2.0 ms" in text and "75,000x faster" in text
+
+
+def test_device_slug():
+    assert report.device_slug("CPU AMD EPYC 7B13 (2 cores)") == "cpu-amd-epyc-7b13-2-cores"
+
+
+@pytest.fixture
+def tmp_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def test_report_reads_back_latest_runs_and_writes_files(fake_bench, tmp_store, capsys):  # noqa: F811
+    runner.run_experiment(spec(scales={"smoke": {"speed": 1.0}}), "smoke", "cpu")
+    runner.run_experiment(spec(), "smoke", "cpu")  # the latest parent run wins
+    rows, device_name = report.rows_from_mlflow(["demo"])
+    assert device_name and device_name.startswith("CPU")
+    by_key = {(r["after"], r["metric"]): r for r in rows}
+    assert by_key[("faster", "init_s")]["before_value"] == pytest.approx(2.0)  # speed 2.0 run
+    assert by_key[("fast", "images_per_s")]["improvement"] == "2.0x faster"
+
+    rows, _ = report.rows_from_mlflow(["demo"], scale="default")
+    assert rows == []  # both runs were at smoke scale
+    out = tmp_store / "report"
+    assert main(["report", "--experiment", "demo", "--scale", "smoke", "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert device_name in md and "demo: init_s (slow → faster)" in md and "4.0x faster" in md
+    assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_runs_fails_clearly(tmp_store, capsys):
+    assert main(["report", "--out", str(tmp_store / "r")]) == 1
+    assert "foodlab bench all" in capsys.readouterr().err
+
+
+def test_cli_run_prints_table_and_json(fake_bench, tmp_path, capsys):  # noqa: F811
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(spec()))
+    assert main(["run", str(path), "--scale", "smoke", "--device", "cpu", "--no-mlflow", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "== demo (fake, scale=smoke" in out
+    assert "| Metric | Before | After | Improvement |" in out
+    payload = json.loads(out[out.index("{"):out.index("\n}\n") + 2])
+    assert [r["variant"] for r in payload["records"]] == ["slow", "fast", "faster"]
+
+
+def test_cli_run_rejects_a_bad_file(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"benchmark": "warp", "baseline": "a", "candidates": ["a"],
+                                    "metrics": ["x"], "variants": ["a"]}))
+    assert main(["run", str(path), "--no-mlflow"]) == 2
+    assert "unknown benchmark 'warp'" in capsys.readouterr().err
+
+
+def test_bench_all_runs_every_file_and_points_at_the_ui(fake_bench, tmp_store, monkeypatch, capsys):  # noqa: F811
+    folder = tmp_store / "experiments"
+    folder.mkdir()
+    for name in ("one", "two"):
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec(name=name)))
+    monkeypatch.setattr(runner, "EXPERIMENTS_DIR", folder)
+    assert main(["bench", "all", "--scale", "smoke", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "== one" in out and "== two" in out
+    assert "#/experiments/" in out and "/runs" in out and "foodlab-two" in out
+    assert len(fake_bench.calls) == 2
+
+
+def test_ui_starts_mlflow_on_the_tracking_store_and_prints_runs_table_links(fake_bench, tmp_store, monkeypatch,  # noqa: F811
+                                                                          capsys):
+    import subprocess
+
+    folder = tmp_store / "experiments"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text(yaml.safe_dump(spec()))
+    monkeypatch.setattr(runner, "EXPERIMENTS_DIR", folder)
+    runner.run_experiment("demo", "smoke", "cpu")
+    calls = []
+
+    class FakePopen:
+        def __init__(self, cmd):
+            calls.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    assert main(["ui", "--port", "5123"]) == 0
+    cmd = calls[0]
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_store}/mlflow.db"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    assert "http://127.0.0.1:5123/#/experiments/1/runs" in capsys.readouterr().out

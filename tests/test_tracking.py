@@ -1,0 +1,70 @@
+"""foodlab.tracking: the tracking-URI rule, experiment tags, nested runs, search, UI links."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foodlab import tracking
+
+
+def test_tracking_uri_from_environment_or_default(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/x/elsewhere.db")
+    assert tracking.tracking_uri() == "sqlite:////tmp/x/elsewhere.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+
+
+def test_sqlite_in_a_missing_folder_is_reported(tmp_path):
+    with pytest.raises(tracking.TrackingUnavailable, match="does not exist"):
+        tracking.configure(f"sqlite:///{tmp_path}/missing/mlflow.db")
+
+
+def test_experiment_is_tagged_and_restored_and_keeps_artifacts_beside_the_db(tmp_path):
+    tracking.configure()
+    exp_id = tracking.get_or_create_experiment("foodlab-t")
+    assert tracking.get_or_create_experiment("foodlab-t") == exp_id
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment(exp_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.artifact_location == (tmp_path / "mlruns" / "foodlab-t").as_uri()
+    client.delete_experiment(exp_id)
+    assert tracking.get_or_create_experiment("foodlab-t") == exp_id
+    assert client.get_experiment(exp_id).lifecycle_stage == "active"
+
+
+def test_nested_runs_params_metrics_artifacts_and_search(tmp_path):
+    tracking.configure()
+    with tracking.start_run("foodlab-t", "parent", tags={"foodlab.role": "parent"}) as parent:
+        tracking.log_params({"a": 1, "nested": {"b": None, "c": "x" * 7000}})
+        with tracking.start_run("foodlab-t", "child", nested=True) as child:
+            assert tracking.active_run_id() == child.info.run_id
+            tracking.log_metrics({"init_s": 1.5, "skipped": None}, step=0)
+            tracking.log_dict({"k": [1, 2]}, "d.json")
+    assert tracking.active_run_id() is None
+    runs = tracking.search_runs(["foodlab-t"])
+    assert len(runs) == 2
+    p = runs[runs["run_id"] == parent.info.run_id].iloc[0]
+    assert p["params.a"] == "1" and p["params.nested.b"] == "None" and len(p["params.nested.c"]) == 6000
+    c = runs[runs["run_id"] == child.info.run_id].iloc[0]
+    assert c["tags.mlflow.parentRunId"] == parent.info.run_id
+    assert c["metrics.init_s"] == 1.5 and "metrics.skipped" not in runs
+    run = tracking.get_run(child.info.run_id)
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "d.json").exists() and tmp_path in artifacts.parents
+    only_parents = tracking.search_runs(["foodlab-t"], "tags.`foodlab.role` = 'parent'")
+    assert list(only_parents["run_id"]) == [parent.info.run_id]
+
+
+def test_ui_url_points_at_the_runs_table():
+    tracking.configure()
+    exp_id = tracking.get_or_create_experiment("foodlab-ui")
+    assert tracking.ui_url("foodlab-ui", port=5123) == f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs"
+    assert tracking.ui_url("not-there") == "http://127.0.0.1:5000"
+
+
+def test_git_commit_is_a_sha_or_unknown():
+    sha = tracking.git_commit()
+    assert sha == "unknown" or (len(sha) == 40 and int(sha, 16) >= 0)
