@@ -1,0 +1,214 @@
+"""Train-step throughput and memory: SAM2 full vs SAM2 decoder on cached embeddings vs the heads.
+
+All variants run in one process on the same batch (B, 3, S, S) + masks: the heads at
+S (512 by default, the training resolution), SAM2 resizing it to its 1024 input as
+it does in training. A step is forward + loss + backward + optimizer step. Each
+variant is measured at every candidate setting (precision x memory format) and the
+fastest is flagged ``selected`` ("each model at its best settings for the device").
+
+Memory: ``peak_memory_mb`` is the peak above what the process held right before the
+steps (activations, gradients, optimizer state, workspace), read with
+``foodlab.devices.PeakMemory`` (CPU: sampled process RSS, with freed heap handed
+back to the OS between variants so one variant's leftovers do not hide the next's);
+``model_params_mb`` is the weights held. Numbers, never tests.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from foodlab.devices import (PeakMemory, autocast, autocast_dtype, device_name, needs_grad_scaler,
+                             resolve_device, synchronize)
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fast_head", "baseline_head", "sam2_decoder_cached", "sam2_full")  # small -> large footprint
+HEAD_SETTINGS = (("fp32", "contiguous"), ("amp", "contiguous"), ("amp", "channels_last"))
+SAM2_SETTINGS = (("fp32", "contiguous"), ("amp", "contiguous"))
+SCALES = {
+    "smoke": dict(batch_size=1, image_size=64, sam2_image_size=128, warmup=1, repeats=2,
+                  head_settings=(("fp32", "contiguous"), ("amp", "channels_last")), sam2_settings=(("fp32", "contiguous"),)),
+    "default": dict(batch_size=4, image_size=512, sam2_image_size=1024, warmup=1, repeats=2,
+                    head_settings=HEAD_SETTINGS, sam2_settings=SAM2_SETTINGS),
+    "full": dict(batch_size=4, image_size=512, sam2_image_size=1024, warmup=2, repeats=5,
+                 head_settings=HEAD_SETTINGS, sam2_settings=SAM2_SETTINGS),
+}
+
+
+def synthetic_batch(batch_size: int, size: int, num_classes: int = 1, seed: int = 0):
+    """Images in [0, 1] with a few elliptical 'food items' and their class-id masks."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.3, 0.7, size=(batch_size, size, size, 3)).astype(np.float32)
+    masks = np.zeros((batch_size, size, size), np.uint8)
+    for i in range(batch_size):
+        for _ in range(3):
+            centre = tuple(int(v) for v in rng.integers(size // 5, 4 * size // 5, 2))
+            axes = tuple(int(v) for v in rng.integers(size // 12, size // 5, 2))
+            cls = int(rng.integers(1, max(num_classes, 2)))
+            cv2.ellipse(masks[i], centre, axes, float(rng.uniform(0, 180)), 0, 360, cls, -1)
+        colour = rng.uniform(0, 1, 3).astype(np.float32)
+        images[i][masks[i] > 0] = 0.6 * colour + 0.4 * images[i][masks[i] > 0]
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks).long()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:  # glibc keeps freed heap mapped; hand it back so RSS deltas are per variant
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _build(variant: str, cfg: dict, dev: torch.device, images: torch.Tensor, masks: torch.Tensor, dtype):
+    """(module whose parameters train, step_forward(images, masks) -> logits)."""
+    from foodlab.models.lightweight import build_head
+
+    if variant.endswith("_head"):
+        head = build_head(variant[: -len("_head")], cfg["num_classes"]).to(dev)
+        return head, lambda x, y: head(x)
+    from foodlab.models import FoodDetector, sam2_backend
+
+    if variant == "sam2_full":
+        det = FoodDetector(use_lightweight_head=False, sam2_model_type=cfg["sam2_model_type"], device=dev,
+                           num_classes=cfg["num_classes"], sam2_image_size=cfg["sam2_image_size"])
+        det.train()
+        return det, lambda x, y: det(x, y)
+    sam = sam2_backend.build_sam2_model(cfg["sam2_model_type"], None, dev, image_size=cfg["sam2_image_size"])
+    # decoder on cached embeddings: encode once (like `foodlab embed`, stored fp16), then drop the encoder
+    with torch.no_grad(), autocast(dev, dtype):
+        feats = sam2_backend.encode(sam, images)
+    feats = {"image_embed": feats["image_embed"].half(), "high_res_feats": [f.half() for f in feats["high_res_feats"]]}
+    sam.image_encoder = None
+    sam.requires_grad_(False)
+    for part in (sam.sam_prompt_encoder, sam.sam_mask_decoder):
+        part.requires_grad_(True)
+    sam.train()
+    rng = np.random.default_rng(0)
+    return sam, lambda x, y: sam2_backend.decoder_logits(sam, feats, y, cfg["num_classes"], rng=rng)
+
+
+def _measure(variant: str, precision: str, memory_format: str, cfg: dict, dev, images, masks) -> dict:
+    from foodlab.train.losses import segmentation_loss
+
+    dtype = autocast_dtype(dev) if precision == "amp" else None
+    channels_last = memory_format == "channels_last"
+    x = images.to(dev)
+    y = masks.to(dev)
+    t0 = time.perf_counter()
+    model, step_forward = _build(variant, cfg, dev, x, y, dtype)
+    init_s = time.perf_counter() - t0
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    scaler = torch.amp.GradScaler(dev.type) if needs_grad_scaler(dev, dtype) else None
+    times, losses = [], []
+    _release_memory()
+    with PeakMemory(dev) as mem:
+        for i in range(cfg["warmup"] + cfg["repeats"]):
+            synchronize(dev)
+            start = time.perf_counter()
+            with autocast(dev, dtype):
+                logits = step_forward(x, y)
+            loss = segmentation_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            synchronize(dev)
+            losses.append(float(loss.detach()))
+            if i >= cfg["warmup"]:
+                times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    record = {
+        "variant": variant,
+        "params": {
+            "batch_size": int(images.shape[0]), "image_size": int(images.shape[-1]),
+            "model_input_size": cfg["sam2_image_size"] if variant.startswith("sam2") else int(images.shape[-1]),
+            "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "memory_format": memory_format,
+            "num_classes": cfg["num_classes"], "device": str(dev), "device_name": device_name(dev),
+            "sam2_model_type": cfg["sam2_model_type"] if variant.startswith("sam2") else None,
+            "warmup": cfg["warmup"], "repeats": cfg["repeats"],
+        },
+        "metrics": {
+            "init_s": init_s,
+            "step_time_median_s": median,
+            "step_time_p90_s": float(np.percentile(times, 90)),
+            "images_per_s": images.shape[0] / median,
+            "peak_memory_mb": mem.delta_bytes / 2**20,
+            "model_params_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+            "trainable_params_m": sum(p.numel() for p in params) / 1e6,
+            "loss_first": losses[0], "loss_last": losses[-1],
+        },
+    }
+    del model, step_forward, opt, x, y
+    _release_memory()
+    return record
+
+
+def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
+    """One record per (variant, setting); the fastest setting of each variant has params["selected"] True.
+
+    Overrides: variants, batch_size, image_size, sam2_image_size, warmup, repeats, num_classes,
+    sam2_model_type, head_settings, sam2_settings (tuples of (precision "fp32"|"amp", memory format)), seed.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    cfg = {"variants": VARIANTS, "num_classes": 1, "sam2_model_type": "tiny", "seed": 0, **SCALES[scale]}
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown throughput overrides: {sorted(unknown)}")
+    cfg.update(overrides)
+    dev = resolve_device(device)
+    images, masks = synthetic_batch(cfg["batch_size"], cfg["image_size"], cfg["num_classes"], cfg["seed"])
+    records = []
+    for variant in [v for v in VARIANTS if v in cfg["variants"]]:
+        settings = cfg["sam2_settings"] if variant.startswith("sam2") else cfg["head_settings"]
+        mine = []
+        for precision, memory_format in settings:
+            log.info("throughput: %s %s %s", variant, precision, memory_format)
+            mine.append(_measure(variant, precision, memory_format, cfg, dev, images, masks))
+        best = min(mine, key=lambda r: r["metrics"]["step_time_median_s"])
+        for r in mine:
+            r["params"]["selected"] = r is best
+        records += mine
+    ref = next((r for r in records if r["variant"] == "sam2_full" and r["params"]["selected"]), None)
+    if ref is not None:
+        for r in records:
+            r["metrics"]["speedup_vs_sam2_full"] = ref["metrics"]["step_time_median_s"] / r["metrics"]["step_time_median_s"]
+            r["metrics"]["memory_ratio_vs_sam2_full"] = (ref["metrics"]["peak_memory_mb"]
+                                                         / max(r["metrics"]["peak_memory_mb"], 1e-3))
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """Plain-text table; '*' marks each variant's selected (fastest) setting."""
+    head = f"{'variant':<22}{'precision':<11}{'format':<15}{'input':>6}{'step med s':>12}{'p90 s':>9}" \
+           f"{'img/s':>9}{'peak MB':>10}{'x SAM2':>9}{'mem x':>8}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        p, m = r["params"], r["metrics"]
+        mark = "*" if p.get("selected") else " "
+        speed = f"{m['speedup_vs_sam2_full']:.1f}" if "speedup_vs_sam2_full" in m else "-"
+        memx = f"{m['memory_ratio_vs_sam2_full']:.1f}" if "memory_ratio_vs_sam2_full" in m else "-"
+        lines.append(f"{mark}{r['variant']:<21}{p['precision']:<11}{p['memory_format']:<15}{p['model_input_size']:>6}"
+                     f"{m['step_time_median_s']:>12.3f}{m['step_time_p90_s']:>9.3f}{m['images_per_s']:>9.2f}"
+                     f"{m['peak_memory_mb']:>10.0f}{speed:>9}{memx:>8}")
+    if records:
+        lines.append(f"device: {records[0]['params']['device_name']}; batch {records[0]['params']['batch_size']}; "
+                     "peak MB = train-step memory above the pre-step baseline")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""FoodDetector: a lightweight head that trains fast, and SAM2 for inference prompted by it.
+
+Modes:
+- ``use_lightweight_head=True`` (default): ``model(images)`` runs only the head, in
+  train and eval alike (so validation stays fast); SAM2 is built lazily, on the
+  first ``predict(mode="sam2")``, and never holds training memory.
+- ``use_lightweight_head=False``: ``model(images, masks=gt)`` runs the full SAM2
+  (encoder, prompt encoder, mask decoder) with gradients, batched, prompted from the
+  ground truth; ``freeze_image_encoder=True`` trains only prompt encoder + decoder.
+- ``predict(images, mode="sam2")``: SAM2 prompted by the head's mask (boxes and
+  points per component), or by the whole image when the head is untrained
+  (``head_trained`` False: set by ``load_head``, by a training-mode forward of the
+  head, or by the trainer). ``mode="lightweight"`` returns the head's own mask.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from foodlab.devices import resolve_device
+from foodlab.models.lightweight import build_head
+
+log = logging.getLogger(__name__)
+
+
+class _instance_or_class:
+    """Descriptor: ``obj.load_head(path)`` loads in place; ``FoodDetector.load_head(path, **kw)`` builds one."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __get__(self, obj, cls):
+        return lambda *args, **kwargs: self.fn(cls, obj, *args, **kwargs)
+
+
+def _predictions(logits: torch.Tensor) -> torch.Tensor:
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+
+
+def _confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Per-image score for the head's mask: mean probability of the predicted class over pixels."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.maximum(p, 1 - p).mean(dim=(1, 2))
+    return torch.softmax(logits, dim=1).amax(dim=1).mean(dim=(1, 2))
+
+
+class FoodDetector(nn.Module):
+    def __init__(self, use_lightweight_head: bool = True, head: str = "fast", sam2_model_type: str = "tiny",
+                 sam2_checkpoint: str | Path | None = None, num_classes: int = 1, device="auto",
+                 freeze_image_encoder: bool = False, sam2_image_size: int | None = None, prompt_seed: int = 0):
+        super().__init__()
+        self.device = resolve_device(device)
+        self.use_lightweight_head = use_lightweight_head
+        self.head_name = head
+        self.num_classes = num_classes
+        self.sam2_model_type = sam2_model_type
+        self.sam2_checkpoint = sam2_checkpoint
+        self.sam2_image_size = sam2_image_size
+        self.freeze_image_encoder = freeze_image_encoder
+        self.head_trained = False
+        self._rng = np.random.default_rng(prompt_seed)  # training prompts: varied per step, reproducible
+        self.head = build_head(head, num_classes)
+        self._sam: nn.Module | None = None
+        if not use_lightweight_head:  # SAM2 is what trains: build it now so the optimizer sees it
+            self.sam  # noqa: B018
+        self.to(self.device)
+
+    # ------------------------------------------------------------ SAM2 (lazy)
+    @property
+    def sam(self) -> nn.Module:
+        """The SAM2 model, built on first use; trainable only when the head is off."""
+        if self._sam is None:
+            from foodlab.models.sam2_backend import build_sam2_model
+
+            sam = build_sam2_model(self.sam2_model_type, self.sam2_checkpoint, self.device,
+                                   image_size=self.sam2_image_size)
+            sam.requires_grad_(False)  # video-only parts (memory attention/encoder) never train here
+            if not self.use_lightweight_head:
+                for part in self._sam2_trained_parts(sam):
+                    part.requires_grad_(True)
+            sam.train(self.training and not self.use_lightweight_head)
+            self._sam = sam
+        return self._sam
+
+    def _sam2_trained_parts(self, sam: nn.Module) -> list:
+        parts = [sam.sam_prompt_encoder, sam.sam_mask_decoder, sam.no_mem_embed]
+        return parts if self.freeze_image_encoder else [sam.image_encoder, *parts]
+
+    def train(self, mode: bool = True) -> "FoodDetector":
+        super().train(mode)
+        if self._sam is not None and self.use_lightweight_head:
+            self._sam.eval()  # inference-only SAM2 stays in eval
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer should update: the head, or SAM2's unfrozen parameters."""
+        params = self.head.parameters() if self.use_lightweight_head else self.sam.parameters()
+        return [p for p in params if p.requires_grad]
+
+    # ------------------------------------------------------------ forward / predict
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes, H, W): the head, or (head off) SAM2 prompted from ``masks``."""
+        if self.use_lightweight_head:
+            if self.training and torch.is_grad_enabled():
+                self.head_trained = True
+            return self.head(images)
+        if masks is None:
+            if self.training:
+                raise ValueError("training SAM2 (use_lightweight_head=False) needs masks=ground truth for prompts")
+            masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=images.device)
+        from foodlab.models.sam2_backend import sam2_logits
+
+        return sam2_logits(self.sam, images, masks, self.num_classes,
+                           rng=self._rng if self.training else np.random.default_rng(0))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, mode: str = "sam2") -> dict[str, torch.Tensor]:
+        """{"masks": (B, H, W) long class ids, "scores": (B,) float} at the input resolution."""
+        if mode not in ("sam2", "lightweight"):
+            raise ValueError(f"mode must be 'sam2' or 'lightweight', got {mode!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            images = images.to(self.device)
+            if mode == "lightweight":
+                logits = self.head(images)
+                return {"masks": _predictions(logits), "scores": _confidence(logits)}
+            from foodlab.models.sam2_backend import sam2_logits
+
+            if self.head_trained:
+                prompt_masks = _predictions(self.head(images))
+            else:
+                prompt_masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=self.device)
+            logits, scores = sam2_logits(self.sam, images, prompt_masks, self.num_classes,
+                                         rng=np.random.default_rng(0), return_scores=True)
+            return {"masks": _predictions(logits), "scores": scores}
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------ head checkpoints
+    def save_head(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
+        torch.save({"head": self.head_name, "num_classes": self.num_classes, "state_dict": state}, path)
+        return path
+
+    @staticmethod
+    def _read_head(path: str | Path) -> dict:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"head weights not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not {"head", "num_classes", "state_dict"} <= set(ckpt):
+            raise ValueError(f"{path} is not a foodlab head checkpoint (needs head, num_classes, state_dict)")
+        return ckpt
+
+    @_instance_or_class
+    def load_head(cls, self, path: str | Path, **kwargs) -> "FoodDetector":
+        """Load head weights; on the class, build a detector matching the checkpoint (kwargs go to __init__)."""
+        ckpt = cls._read_head(path)
+        if self is None:
+            self = cls(head=ckpt["head"], num_classes=int(ckpt["num_classes"]), **kwargs)
+        elif (ckpt["head"], int(ckpt["num_classes"])) != (self.head_name, self.num_classes):
+            raise ValueError(f"{path} holds a {ckpt['head']!r} head with {ckpt['num_classes']} classes; this "
+                             f"detector has {self.head_name!r} with {self.num_classes}")
+        self.head.load_state_dict(ckpt["state_dict"])
+        self.head_trained = True
+        return self

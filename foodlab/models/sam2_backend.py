@@ -1,0 +1,270 @@
+"""SAM2 for foodlab: build, checkpoint, batched encode/prompt/decode, and an embeddings cache.
+
+The only module that imports ``sam2``. It never touches ``sam2.sam2_image_predictor``
+(that one imports torchvision, which cannot load next to the CPU torch wheel):
+preprocessing and the batched prompt -> decoder calls are done here, following
+the predictor's own steps (``forward_image`` -> ``_prepare_backbone_features`` ->
+``no_mem_embed`` -> prompt encoder -> mask decoder with high-res features).
+
+Prompts come from masks (ground truth in training, the lightweight head's mask at
+inference): see ``prompts.py``. Each prompt yields one low-res mask logit; they
+are merged into (B, C, H, W) logits by ``assemble_logits``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from foodlab.devices import autocast, autocast_dtype, resolve_device
+from foodlab.models.lightweight import IMAGENET_MEAN, IMAGENET_STD, interpolate
+from foodlab.models.prompts import NEG_LOGIT, assemble_logits, prompts_for_batch, prompts_from_mask
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIGS = {
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+_warned_random = False
+
+__all__ = [
+    "MODEL_CONFIGS", "NEG_LOGIT", "prompts_from_mask", "prompts_for_batch", "assemble_logits", "build_sam2_model",
+    "load_sam2_checkpoint", "preprocess", "encode", "decode", "sam2_logits", "decoder_logits", "embed_dataset",
+    "EmbeddingDataset",
+]
+
+
+def build_sam2_model(model_type: str = "tiny", checkpoint: str | Path | None = None, device="cpu",
+                     image_size: int | None = None) -> nn.Module:
+    """SAM2.1 from the config shipped in the ``sam2`` package, in eval mode, on ``device``.
+
+    ``image_size`` overrides the config's 1024 (smaller is only for smoke tests and
+    benchmarks at tiny scale; real checkpoints expect 1024). Without a checkpoint
+    the weights are random, which is said once per process.
+    """
+    global _warned_random
+    if model_type not in MODEL_CONFIGS:
+        raise ValueError(f"unknown SAM2 model type {model_type!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"SAM2 checkpoint not found: {checkpoint} (expected a local SAM2.1 {model_type} .pt)")
+    from sam2.build_sam import build_sam2
+
+    overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
+    model = build_sam2(MODEL_CONFIGS[model_type], ckpt_path=None, device="cpu", mode="eval",
+                       hydra_overrides_extra=overrides)
+    if checkpoint is not None:
+        load_sam2_checkpoint(model, checkpoint, model_type)
+    elif not _warned_random:
+        _warned_random = True
+        log.warning("SAM2 %s has random weights (no --sam2-checkpoint): fine for speed/memory, "
+                    "meaningless for quality", model_type)
+    return model.to(resolve_device(device)).eval()
+
+
+def load_sam2_checkpoint(model: nn.Module, path: str | Path, model_type: str = "?") -> None:
+    """Load ``{"model": state_dict}`` or a raw state dict; a mismatch names the expected model type."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM2 checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a SAM2 checkpoint (no state dict inside)")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        raise ValueError(f"{path} does not fit SAM2.1 model type {model_type!r}: {str(e)[:500]}") from None
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit SAM2.1 model type {model_type!r}: {len(missing)} missing keys "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    log.info("loaded SAM2 %s weights from %s", model_type, path)
+
+
+def preprocess(sam: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> resized to the model's square input and ImageNet-normalized."""
+    size = sam.image_size
+    x = interpolate(images, (size, size))
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def encode(sam: nn.Module, images: torch.Tensor) -> dict:
+    """One batched image-encoder call -> {"image_embed": (B,256,s/16,s/16), "high_res_feats": [s/4, s/8]}.
+
+    Same steps as ``SAM2Base.forward_image`` + the predictor's ``set_image_batch``, but the
+    trunk runs without autograd when all its parameters are frozen (saves its activations).
+    """
+    x = preprocess(sam, images)
+    trunk_grad = torch.is_grad_enabled() and any(p.requires_grad for p in sam.image_encoder.parameters())
+    with torch.set_grad_enabled(trunk_grad):
+        backbone_out = sam.image_encoder(x)
+    if sam.use_high_res_features_in_sam:
+        fpn = backbone_out["backbone_fpn"]
+        fpn[0] = sam.sam_mask_decoder.conv_s0(fpn[0])
+        fpn[1] = sam.sam_mask_decoder.conv_s1(fpn[1])
+    _, vision_feats, _, feat_sizes = sam._prepare_backbone_features(backbone_out)
+    if sam.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + sam.no_mem_embed
+    b = x.shape[0]
+    feats = [f.permute(1, 2, 0).reshape(b, -1, *size) for f, size in zip(vision_feats, feat_sizes)]
+    return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+
+
+def decode(sam: nn.Module, features: dict, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched prompt encoder + mask decoder: one low-res mask logit (N, 1, s/4, s/4) and score (N,) per prompt.
+
+    ``prompts`` (from ``prompts_for_batch``) holds coords (N, P, 2) in model-input pixels,
+    labels (N, P) (2/3 = box corners, 1/0 = positive/negative points, -1 = padding) and
+    image_index (N,). Each prompt's image features are gathered so the decoder runs once
+    with ``repeat_image=False``.
+    """
+    embed = features["image_embed"]
+    device_type = embed.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+        else next(sam.sam_mask_decoder.parameters()).dtype  # cached fp16 -> the dtype the decoder computes in
+    idx = prompts["image_index"]
+    same = len(idx) == len(embed) and bool((idx == torch.arange(len(idx), device=idx.device)).all())
+    gather = (lambda t: t.to(dtype)) if same else (lambda t: t[idx].to(dtype))  # one prompt per image: no copy
+    embed = gather(embed)
+    high_res = [gather(f) for f in features["high_res_feats"]]
+    sparse, dense = sam.sam_prompt_encoder(points=(prompts["coords"], prompts["labels"]), boxes=None, masks=None)
+    low_res, iou, _, _ = sam.sam_mask_decoder(
+        image_embeddings=embed,
+        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+        repeat_image=False,
+        high_res_features=high_res,
+    )
+    return low_res, iou[:, 0]
+
+
+def decoder_logits(sam: nn.Module, features: dict, masks: torch.Tensor, num_classes: int = 1,
+                   rng: np.random.Generator | None = None, return_scores: bool = False, **prompt_kwargs):
+    """Decoder-only forward from (cached or fresh) features, prompted from ``masks`` (B, H, W).
+
+    Returns logits (B, num_classes, H, W) at the masks' resolution (and per-image scores).
+    """
+    b = masks.shape[0]
+    prompts = prompts_for_batch(masks, num_classes, image_size=sam.image_size, rng=rng,
+                                device=features["image_embed"].device, **prompt_kwargs)
+    low_res, iou = decode(sam, features, prompts)
+    logits = assemble_logits(low_res, prompts, b, num_classes)
+    logits = interpolate(logits, tuple(masks.shape[-2:]))
+    if not return_scores:
+        return logits
+    scores = torch.zeros(b, device=iou.device, dtype=torch.float32).index_add_(0, prompts["image_index"], iou.float())
+    counts = torch.bincount(prompts["image_index"], minlength=b).clamp_min(1)
+    return logits, scores / counts
+
+
+def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int = 1,
+                rng: np.random.Generator | None = None, return_scores: bool = False, **prompt_kwargs):
+    """Full SAM2 (encoder + prompt encoder + decoder), batched, prompted from ``masks`` (B, H, W)."""
+    masks = masks if tuple(masks.shape[-2:]) == tuple(images.shape[-2:]) else \
+        interpolate(masks[:, None].float(), tuple(images.shape[-2:]), mode="nearest")[:, 0].long()
+    return decoder_logits(sam, encode(sam, images), masks, num_classes, rng=rng,
+                          return_scores=return_scores, **prompt_kwargs)
+
+
+# ---------------------------------------------------------------- embeddings cache
+
+_ARRAYS = ("image_embed", "high_res_0", "high_res_1")
+
+
+def embed_dataset(dataset, out_dir: str | Path, model_type: str = "tiny", checkpoint: str | Path | None = None,
+                  batch_size: int = 2, device="auto", image_size: int | None = None, amp: bool = True) -> Path:
+    """Run the frozen SAM2 image encoder once over ``dataset`` and store its outputs (fp16) on disk.
+
+    Writes ``image_embed.npy``, ``high_res_0.npy``, ``high_res_1.npy`` (the features the
+    decoder consumes, after ``conv_s0``/``conv_s1`` and ``no_mem_embed``, so those stay
+    frozen in decoder-only training), ``masks.npy`` (uint8 class ids) and ``meta.json``.
+    A complete cache with the same model type, checkpoint, SAM2 input size and dataset
+    fingerprint is reused as is. ~8 MB per image at 1024 (fp16).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    sam = build_sam2_model(model_type, checkpoint, dev, image_size=image_size)
+    meta = {
+        "model_type": model_type,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "sam2_image_size": int(sam.image_size),
+        "num_images": len(dataset),
+        "fingerprint": str(getattr(dataset, "fingerprint", "")),
+        "num_classes": int(getattr(dataset, "num_classes", 1)),
+    }
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("complete") and all(old.get(k) == v for k, v in meta.items()):
+            log.info("reusing SAM2 embeddings in %s", out)
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    dtype = autocast_dtype(dev) if amp else None
+    arrays: dict[str, np.ndarray] = {}
+    start = 0
+    with torch.inference_mode():
+        for images, masks in tqdm(loader, desc=f"SAM2 {model_type} embeddings", unit="batch"):
+            with autocast(dev, dtype):
+                feats = encode(sam, images.to(dev))
+            tensors = {"image_embed": feats["image_embed"], "high_res_0": feats["high_res_feats"][0],
+                       "high_res_1": feats["high_res_feats"][1], "masks": masks}
+            if not arrays:
+                for name, t in tensors.items():
+                    np_dtype = np.uint8 if name == "masks" else np.float16
+                    arrays[name] = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np_dtype,
+                                                             shape=(len(dataset), *t.shape[1:]))
+            end = start + images.shape[0]
+            for name, t in tensors.items():
+                arrays[name][start:end] = t.clamp(0, 255).to(torch.uint8).numpy() if name == "masks" \
+                    else t.float().cpu().numpy().astype(np.float16)
+            start = end
+    for a in arrays.values():
+        a.flush()
+    meta.update(complete=True, mask_size=list(arrays["masks"].shape[1:]) if arrays else None)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    log.info("wrote SAM2 %s embeddings for %d images to %s", model_type, len(dataset), out)
+    return out
+
+
+class EmbeddingDataset(torch.utils.data.Dataset):
+    """Reads an ``embed_dataset`` folder: item i -> ({"image_embed", "high_res_feats": [s0, s1]} fp16, mask long)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no SAM2 embeddings in {self.root} (run `foodlab embed` first)")
+        self.meta = json.loads(meta_path.read_text())
+        if not self.meta.get("complete"):
+            raise ValueError(f"SAM2 embeddings in {self.root} are incomplete; run `foodlab embed` again")
+        self.num_classes = self.meta.get("num_classes", 1)
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:  # opened lazily so the dataset pickles cheaply into workers
+            self._arrays = {n: np.load(self.root / f"{n}.npy", mmap_mode="r") for n in (*_ARRAYS, "masks")}
+        return self._arrays
+
+    def __len__(self) -> int:
+        return int(self.meta["num_images"])
+
+    def __getitem__(self, i: int):
+        a = self._open()
+        feats = {"image_embed": torch.from_numpy(np.array(a["image_embed"][i])),
+                 "high_res_feats": [torch.from_numpy(np.array(a["high_res_0"][i])),
+                                    torch.from_numpy(np.array(a["high_res_1"][i]))]}
+        return feats, torch.from_numpy(np.array(a["masks"][i])).long()

@@ -1,0 +1,224 @@
+"""SAM2 backend and the SAM2 paths of FoodDetector (tiny model, small inputs, random weights)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from foodlab.models import FoodDetector
+from foodlab.models import sam2_backend
+from foodlab.train.losses import segmentation_loss
+
+SAM_SIZE = 128  # SAM2 input size override: same architecture, ~60x less compute than 1024
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    return sam2_backend.build_sam2_model("tiny", device="cpu", image_size=SAM_SIZE)
+
+
+def _gt(b=2, size=64, num_classes=1):
+    masks = torch.zeros(b, size, size, dtype=torch.long)
+    masks[0, 8:30, 10:40] = 1
+    masks[0, 40:60, 40:60] = 2 if num_classes > 2 else 1
+    if b > 1:
+        masks[1, 20:50, 20:50] = 1
+    return masks
+
+
+def test_unknown_model_type():
+    with pytest.raises(ValueError, match="unknown SAM2 model type"):
+        sam2_backend.build_sam2_model("giant")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="SAM2 checkpoint not found"):
+        sam2_backend.build_sam2_model("tiny", checkpoint=tmp_path / "nope.pt", image_size=SAM_SIZE)
+
+
+def test_wrong_checkpoint_names_the_model_type(tmp_path, tiny_sam):
+    path = tmp_path / "wrong_keys.pt"
+    torch.save({"model": {"foo.weight": torch.zeros(3)}}, path)
+    with pytest.raises(ValueError, match="'small'"):
+        sam2_backend.load_sam2_checkpoint(tiny_sam, path, "small")
+    sd = {k: v.clone() for k, v in tiny_sam.state_dict().items()}
+    sd["no_mem_embed"] = torch.zeros(1, 1, 7)  # right keys, wrong shape
+    torch.save(sd, tmp_path / "wrong_shape.pt")
+    with pytest.raises(ValueError, match="'tiny'"):
+        sam2_backend.load_sam2_checkpoint(tiny_sam, tmp_path / "wrong_shape.pt", "tiny")
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_wrapped_and_raw(tmp_path, tiny_sam):
+    sd = {k: v.clone() + 1 if v.is_floating_point() else v.clone() for k, v in tiny_sam.state_dict().items()}
+    torch.save({"model": sd}, tmp_path / "wrapped.pt")
+    model = sam2_backend.build_sam2_model("tiny", checkpoint=tmp_path / "wrapped.pt", image_size=SAM_SIZE)
+    torch.testing.assert_close(model.no_mem_embed, sd["no_mem_embed"])
+    torch.save(sd, tmp_path / "raw.pt")
+    sam2_backend.load_sam2_checkpoint(model, tmp_path / "raw.pt", "tiny")
+
+
+def test_random_weights_warning_once(monkeypatch, caplog):
+    monkeypatch.setattr(sam2_backend, "_warned_random", False)
+    with caplog.at_level(logging.WARNING, logger="foodlab.models.sam2_backend"):
+        sam2_backend.build_sam2_model("tiny", image_size=SAM_SIZE)
+        sam2_backend.build_sam2_model("tiny", image_size=SAM_SIZE)
+    warnings = [r for r in caplog.records if "random weights" in r.getMessage()]
+    assert len(warnings) == 1 and "meaningless for quality" in warnings[0].getMessage()
+
+
+def test_encode_shapes(tiny_sam):
+    with torch.no_grad():
+        feats = sam2_backend.encode(tiny_sam, torch.rand(2, 3, 64, 64))
+    assert feats["image_embed"].shape == (2, 256, SAM_SIZE // 16, SAM_SIZE // 16)
+    assert [tuple(f.shape) for f in feats["high_res_feats"]] == [(2, 32, SAM_SIZE // 4, SAM_SIZE // 4),
+                                                                 (2, 64, SAM_SIZE // 8, SAM_SIZE // 8)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_classes, freeze", [(1, True), (3, False)])
+def test_sam2_training_path(num_classes, freeze):
+    model = FoodDetector(use_lightweight_head=False, num_classes=num_classes, device="cpu",
+                         freeze_image_encoder=freeze, sam2_image_size=SAM_SIZE)
+    model.train()
+    images, masks = torch.rand(2, 3, 64, 64), _gt(num_classes=num_classes)
+    logits = model(images, masks=masks)
+    assert logits.shape == (2, num_classes, 64, 64) and logits.dtype == torch.float32
+    segmentation_loss(logits, masks).backward()
+    sam = model.sam
+    encoder_grads = [p.grad is not None for p in sam.image_encoder.parameters()]
+    assert any(encoder_grads) != freeze
+    assert all(p.grad is None for p in sam.image_encoder.parameters()) == freeze
+    assert any(p.grad is not None for p in sam.sam_mask_decoder.parameters())
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert {id(p) for p in sam.sam_mask_decoder.parameters()} <= trainable
+    assert not trainable & {id(p) for p in model.head.parameters()}
+    assert not trainable & {id(p) for p in sam.memory_attention.parameters()}
+    assert bool(trainable & {id(p) for p in sam.image_encoder.parameters()}) != freeze
+    with pytest.raises(ValueError, match="masks"):
+        model(images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_classes, head_trained", [(1, False), (3, True)])
+def test_sam2_inference_returns_masks_of_input_size(num_classes, head_trained):
+    model = FoodDetector(num_classes=num_classes, device="cpu", sam2_image_size=SAM_SIZE)
+    model.head_trained = head_trained
+    out = model.predict(torch.rand(2, 3, 48, 80), mode="sam2")
+    assert out["masks"].shape == (2, 48, 80) and out["masks"].dtype == torch.long
+    assert out["masks"].min() >= 0 and out["masks"].max() < max(num_classes, 2)
+    assert out["scores"].shape == (2,) and torch.isfinite(out["scores"]).all()
+    assert model._sam is not None and not any(p.requires_grad for p in model.sam.parameters())
+    assert not model.sam.training
+
+
+@pytest.mark.slow
+def test_embedding_cache_and_decoder_training(tmp_path, tiny_sam):
+    class Data(torch.utils.data.Dataset):
+        fingerprint = "abc"
+        num_classes = 1
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.rand(3, 64, 64), _gt(1)[0]
+
+    out = sam2_backend.embed_dataset(Data(), tmp_path / "emb", batch_size=2, device="cpu", image_size=SAM_SIZE)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["model_type"] == "tiny" and meta["fingerprint"] == "abc"
+    stamp = (out / "image_embed.npy").stat().st_mtime_ns
+    assert sam2_backend.embed_dataset(Data(), out, device="cpu", image_size=SAM_SIZE) == out
+    assert (out / "image_embed.npy").stat().st_mtime_ns == stamp  # reused, not recomputed
+
+    ds = sam2_backend.EmbeddingDataset(out)
+    assert len(ds) == 3
+    feats, mask = ds[0]
+    assert feats["image_embed"].dtype == torch.float16 and feats["image_embed"].shape == (256, 8, 8)
+    assert mask.shape == (64, 64) and mask.dtype == torch.long and mask.max() == 1
+    feats, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    tiny_sam.train()
+    logits = sam2_backend.decoder_logits(tiny_sam, feats, masks, num_classes=1)
+    tiny_sam.eval()
+    assert logits.shape == (2, 1, 64, 64)
+    decoder = list(tiny_sam.sam_mask_decoder.parameters())
+    for p in decoder:
+        p.requires_grad_(True)
+    tiny_sam.train()
+    segmentation_loss(sam2_backend.decoder_logits(tiny_sam, feats, masks), masks).backward()
+    tiny_sam.eval()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder)
+    with pytest.raises(FileNotFoundError):
+        sam2_backend.EmbeddingDataset(tmp_path / "none")
+
+
+@pytest.mark.slow
+def test_full_sam2_paths_never_import_torchvision():
+    code = textwrap.dedent("""
+        import sys, torch
+        from foodlab.models import FoodDetector
+        images = torch.rand(1, 3, 64, 64)
+        masks = torch.zeros(1, 64, 64, dtype=torch.long); masks[0, 10:40, 10:40] = 1
+        train = FoodDetector(use_lightweight_head=False, device="cpu", sam2_image_size=128)
+        train.train()
+        train(images, masks=masks).mean().backward()
+        infer = FoodDetector(device="cpu", sam2_image_size=128)
+        infer.head_trained = True
+        assert infer.predict(images, mode="sam2")["masks"].shape == (1, 64, 64)
+        assert "sam2" in sys.modules
+        assert "torchvision" not in sys.modules, "torchvision was imported"
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lightweight", "sam2"])
+def test_predict_command_end_to_end(tmp_path, mode):
+    from foodlab.models.commands import add_commands
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(2):
+        img = np.full((60 + 10 * i, 80, 3), 200, np.uint8)
+        cv2.circle(img, (40, 30), 15, (30, 120, 200), -1)
+        cv2.imwrite(str(src / f"dish{i}.jpg"), img)
+    weights = FoodDetector(device="cpu").save_head(tmp_path / "head.pt")
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", str(src), "--weights", str(weights), "--out", str(tmp_path / "out"),
+                              "--mode", mode, "--image-size", "64", "--device", "cpu", "--sam2-image-size", "128"])
+    assert args.func(args) == 0
+    for i in range(2):
+        mask = cv2.imread(str(tmp_path / "out" / f"dish{i}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (60 + 10 * i, 80) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        overlay = cv2.imread(str(tmp_path / "out" / f"dish{i}_overlay.jpg"))
+        assert overlay.shape == (60 + 10 * i, 80, 3)
+
+
+@pytest.mark.slow
+def test_embed_command(tmp_path):
+    from foodlab.data import generate_synthetic
+    from foodlab.models.commands import add_commands
+
+    data = generate_synthetic(tmp_path / "data", n=2, size=64, workers=1)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["embed", "--data", str(data), "--out", str(tmp_path / "emb"), "--image-size", "64",
+                              "--device", "cpu", "--sam2-image-size", "128"])
+    assert args.func(args) == 0
+    ds = sam2_backend.EmbeddingDataset(tmp_path / "emb")
+    feats, mask = ds[1]
+    assert len(ds) == 2 and feats["high_res_feats"][0].shape == (32, 32, 32) and mask.shape == (64, 64)
+    assert set(mask.unique().tolist()) <= {0, 1}
