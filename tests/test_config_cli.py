@@ -51,7 +51,7 @@ def test_python_dash_m_foodlab_runs_the_cli():
 
 def test_cli_start_up_does_not_import_heavy_modules():
     code = ("import sys; from foodlab.cli import build_parser; build_parser(); "
-            "print(','.join(m for m in ('sam2', 'mlflow', 'cv2', 'matplotlib') if m in sys.modules))")
+            "print(','.join(m for m in ('torch', 'sam2', 'mlflow', 'cv2', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""

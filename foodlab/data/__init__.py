@@ -5,7 +5,7 @@ start-up — does not pull in torch and OpenCV.
 """
 from __future__ import annotations
 
-import importlib
+from foodlab._lazy import lazy_exports
 
 _EXPORTS = {
     "FoodSegDataset": "foodlab.data.dataset",
@@ -34,11 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'foodlab.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

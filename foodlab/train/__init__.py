@@ -5,16 +5,9 @@
 """
 from __future__ import annotations
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "distill"]
+from foodlab._lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name in ("train", "TrainResult", "TrainingDiverged"):
-        from foodlab.train import loop
-
-        return getattr(loop, name)
-    if name == "distill":
-        from foodlab.train.distill import distill
-
-        return distill
-    raise AttributeError(f"module 'foodlab.train' has no attribute {name!r}")
+_EXPORTS = {"train": "foodlab.train.loop", "TrainResult": "foodlab.train.loop",
+            "TrainingDiverged": "foodlab.train.loop", "distill": "foodlab.train.distill"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
