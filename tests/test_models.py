@@ -71,7 +71,7 @@ def one_thread():
 
 def test_fast_head_learns(one_thread):
     torch.manual_seed(0)
-    from foodlab.bench.throughput import synthetic_batch
+    from foodlab.bench.timing import synthetic_batch
 
     images, masks = synthetic_batch(2, 64, num_classes=1, seed=1)
     head = build_head("fast", 1)

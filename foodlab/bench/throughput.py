@@ -17,14 +17,13 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import statistics
 import time
 
 import numpy as np
 import torch
 
-from foodlab.devices import (PeakMemory, autocast, autocast_dtype, device_name, needs_grad_scaler,
-                             resolve_device, synchronize)
+from foodlab.bench.timing import summarize, synthetic_batch, time_steps, train_step
+from foodlab.devices import PeakMemory, autocast, autocast_dtype, device_name, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +38,6 @@ SCALES = {
     "full": dict(batch_size=4, image_size=512, sam2_image_size=1024, warmup=2, repeats=5,
                  head_settings=HEAD_SETTINGS, sam2_settings=SAM2_SETTINGS),
 }
-
-
-def synthetic_batch(batch_size: int, size: int, num_classes: int = 1, seed: int = 0):
-    """Images in [0, 1] with a few elliptical 'food items' and their class-id masks."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0.3, 0.7, size=(batch_size, size, size, 3)).astype(np.float32)
-    masks = np.zeros((batch_size, size, size), np.uint8)
-    for i in range(batch_size):
-        for _ in range(3):
-            centre = tuple(int(v) for v in rng.integers(size // 5, 4 * size // 5, 2))
-            axes = tuple(int(v) for v in rng.integers(size // 12, size // 5, 2))
-            cls = int(rng.integers(1, max(num_classes, 2)))
-            cv2.ellipse(masks[i], centre, axes, float(rng.uniform(0, 180)), 0, 360, cls, -1)
-        colour = rng.uniform(0, 1, 3).astype(np.float32)
-        images[i][masks[i] > 0] = 0.6 * colour + 0.4 * images[i][masks[i] > 0]
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks).long()
 
 
 def _release_memory() -> None:
@@ -96,44 +77,18 @@ def _build(variant: str, cfg: dict, dev: torch.device, images: torch.Tensor, mas
 
 
 def _measure(variant: str, precision: str, memory_format: str, cfg: dict, dev, images, masks) -> dict:
-    from foodlab.train.losses import segmentation_loss
-
     dtype = autocast_dtype(dev) if precision == "amp" else None
     channels_last = memory_format == "channels_last"
-    x = images.to(dev)
-    y = masks.to(dev)
+    x, y = images.to(dev), masks.to(dev)
     t0 = time.perf_counter()
     model, step_forward = _build(variant, cfg, dev, x, y, dtype)
     init_s = time.perf_counter() - t0
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    scaler = torch.amp.GradScaler(dev.type) if needs_grad_scaler(dev, dtype) else None
-    times, losses = [], []
+    step = train_step(model, x, y, dev, amp_dtype=dtype, channels_last=channels_last, lr=1e-4, forward=step_forward)
+    losses: list[float] = []
     _release_memory()
     with PeakMemory(dev) as mem:
-        for i in range(cfg["warmup"] + cfg["repeats"]):
-            synchronize(dev)
-            start = time.perf_counter()
-            with autocast(dev, dtype):
-                logits = step_forward(x, y)
-            loss = segmentation_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            synchronize(dev)
-            losses.append(float(loss.detach()))
-            if i >= cfg["warmup"]:
-                times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        times = time_steps(lambda: losses.append(float(step())), dev, cfg["warmup"], cfg["repeats"])
     record = {
         "variant": variant,
         "params": {
@@ -146,17 +101,13 @@ def _measure(variant: str, precision: str, memory_format: str, cfg: dict, dev, i
         },
         "metrics": {
             "init_s": init_s,
-            "step_time_median_s": median,
-            "step_time_p90_s": float(np.percentile(times, 90)),
-            "images_per_s": images.shape[0] / median,
+            **summarize(times, int(images.shape[0])),
             "peak_memory_mb": mem.delta_bytes / 2**20,
             "model_params_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
             "trainable_params_m": sum(p.numel() for p in params) / 1e6,
             "loss_first": losses[0], "loss_last": losses[-1],
         },
     }
-    del model, step_forward, opt, x, y
-    _release_memory()
     return record
 
 

@@ -52,9 +52,13 @@ def summarize(times: list[float], images_per_step: int) -> dict[str, float]:
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
-               amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-               lr: float = 1e-3) -> Callable[[], float]:
-    """A closure doing one optimizer step of ``model(images)`` against ``masks``; returns the loss."""
+               amp_dtype: torch.dtype | None = None, channels_last: bool = False, lr: float = 1e-3,
+               forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
+    """A closure doing one optimizer step of ``model(images)`` against ``masks``; returns the (detached) loss.
+
+    ``forward(images, masks) -> logits`` replaces ``model(images)`` for models that need the masks
+    (SAM2 takes its prompts from them); ``model`` then only supplies the trainable parameters.
+    """
     from foodlab.train.losses import segmentation_loss
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -65,10 +69,12 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor
     optimizer = torch.optim.AdamW(params, lr=lr)
     scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(device, amp_dtype) else None
 
-    def step() -> float:
+    run = forward or (lambda x, _y: model(x))
+
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp_dtype):
-            logits = model(images)
+            logits = run(images, masks)
         loss = segmentation_loss(logits.float(), masks)
         if scaler is not None:
             scaler.scale(loss).backward()
