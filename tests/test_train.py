@@ -76,6 +76,29 @@ def test_cli_trains_checkpoints_and_logs(e2e):
 
 
 @pytest.mark.slow
+def test_training_checkpoints_are_what_predict_accepts(e2e):
+    """`foodlab predict --weights` takes best.pt/last.pt as printed by train, not only model.pt."""
+    from foodlab.models import FoodDetector
+
+    tmp, _, proc = e2e
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = tmp / "runs" / "r1" / "best.pt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # shareable: no code in the pickle
+    det = FoodDetector.load_head(best, device="cpu")
+    assert det.head_trained and det.head_name == ckpt["configs"]["model"]["head"]
+    for name, value in det.head.state_dict().items():
+        assert torch.equal(value, ckpt["model"][f"head.{name}"]), name
+    final = FoodDetector.load_head(tmp / "runs" / "r1" / "model.pt", device="cpu")
+    last = FoodDetector.load_head(tmp / "runs" / "r1" / "last.pt", device="cpu")
+    for name, value in final.head.state_dict().items():
+        assert torch.equal(value, last.head.state_dict()[name]), name
+    junk = tmp / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        FoodDetector.load_head(junk, device="cpu")
+
+
+@pytest.mark.slow
 def test_mlflow_run_has_params_metrics_tags_and_artifacts(e2e, monkeypatch):
     tmp, uri, proc = e2e
     assert proc.returncode == 0, proc.stderr[-3000:]

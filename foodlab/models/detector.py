@@ -153,10 +153,20 @@ class FoodDetector(nn.Module):
 
     @staticmethod
     def _read_head(path: str | Path) -> dict:
+        """A head file (``save_head``, ``model.pt``) or a training checkpoint (``best.pt``/``last.pt``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"head weights not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors vary by content; name the file and the expectation
+            raise ValueError(f"{path} is not a foodlab head or training checkpoint ({type(exc).__name__})") from exc
+        if isinstance(ckpt, dict) and {"model", "configs"} <= set(ckpt):
+            model_cfg = ckpt["configs"].get("model", {})
+            if not model_cfg.get("use_lightweight_head", False):
+                raise ValueError(f"{path} is a full-SAM2 training checkpoint; it holds no lightweight head")
+            ckpt = {"head": model_cfg["head"], "num_classes": model_cfg["num_classes"],
+                    "state_dict": {k[len("head."):]: v for k, v in ckpt["model"].items() if k.startswith("head.")}}
         if not isinstance(ckpt, dict) or not {"head", "num_classes", "state_dict"} <= set(ckpt):
             raise ValueError(f"{path} is not a foodlab head checkpoint (needs head, num_classes, state_dict)")
         return ckpt

@@ -41,13 +41,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` (our own files, so full unpickling is allowed)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=False)
+    """Read a checkpoint written by ``save_checkpoint``; ``weights_only`` because checkpoints hold only
+    tensors and plain Python values (see ``rng_state``), so a shared checkpoint cannot run code."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop or a dataset may draw from: python, numpy, torch CPU and CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]  # plain values: weights_only-safe
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,7 +58,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
