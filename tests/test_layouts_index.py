@@ -212,3 +212,21 @@ def test_incremental_rescan_checks_only_new_files(pairs, monkeypatch):
     assert np.array_equal(again.stats, first.stats) and again.fingerprint == first.fingerprint
     checked.clear()
     assert len(build_index(lay, "manifest", rescan=True).samples) == 12 and len(checked) == 26   # full scan
+
+
+def test_moved_dataset_or_other_cwd_reuses_its_manifest_with_current_paths(pairs, tmp_path, monkeypatch):
+    """A renamed dataset (folder inodes/mtimes unchanged) or one opened via a relative path from another
+    working directory must list files where they are now, not where the manifest was written from."""
+    from foodlab.data import FoodSegDataset
+
+    monkeypatch.chdir(pairs.parent)
+    first = FoodSegDataset(pairs.name, image_size=32)          # relative path, manifest written
+    moved = pairs.parent / "renamed"
+    os.rename(pairs, moved)
+    monkeypatch.chdir(tmp_path.parent)                          # a different cwd, a different spelling
+    again = FoodSegDataset(os.path.relpath(moved), image_size=32)
+    assert again.index_source == "manifest"
+    assert again.fingerprint == first.fingerprint               # same data, same identity (and caches)
+    assert all(os.path.isfile(i) and os.path.isfile(m) for i, m in again.samples)
+    image, mask = again[0]
+    assert image.shape == (3, 32, 32) and not again.skipped

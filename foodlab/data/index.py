@@ -172,10 +172,18 @@ def _scan_pairs(layout: Layout):
     return triples, skipped, n_found
 
 
+def _folders(layout: Layout, relative: bool = False) -> tuple[list[str], list[str]]:
+    """The layout's image and mask folders as the user opened them (or relative to the root: the
+    fingerprint, so moving or renaming a dataset keeps its identity and caches)."""
+    def name(p: Path) -> str:
+        return str(p.relative_to(layout.root)) if relative else str(p)
+    return [name(fp.image_dir) for fp in layout.folders], [name(fp.mask_dir) for fp in layout.folders]
+
+
 def _reusable(previous: Index | None, layout: Layout) -> dict:
     """(folder, image name, mask name) -> stats row of pairs a stale manifest already checked as valid."""
     s = previous.samples if previous is not None else None
-    if s is None or s.image_dirs != [str(fp.image_dir) for fp in layout.folders]:
+    if s is None or s.image_dirs != _folders(layout)[0]:
         return {}
     return dict(zip(zip(s.folder.tolist(), s.image_names.tolist(), s.mask_names.tolist()), previous.stats.tolist()))
 
@@ -364,7 +372,8 @@ def _load_manifest(layout: Layout, allow_stale: bool = False) -> Index | None:
         if stale and not allow_stale:
             log.debug("manifest %s is stale", path)
             continue
-        samples = SampleList(meta["image_dirs"], meta["mask_dirs"], a["folder"], a["image_names"], a["mask_names"])
+        # paths from the layout as opened now: the dataset may have moved, or be opened from another cwd
+        samples = SampleList(*_folders(layout), a["folder"], a["image_names"], a["mask_names"])
         skipped = [tuple(x) for x in meta["skipped"]]
         return Index(samples, a["stats"], skipped, meta["fingerprint"], "manifest", "manifest", path,
                      meta["n_found"], {"stale": stale})
@@ -401,14 +410,13 @@ def build_index(layout: Layout, strategy: str = "manifest", rescan: bool = False
             keep, stats, skipped, n_found = _index_stat(layout)
         else:
             keep, stats, skipped, n_found = _index_decode(layout)
-        image_dirs = [str(fp.image_dir) for fp in layout.folders]
-        mask_dirs = [str(fp.mask_dir) for fp in layout.folders]
+        image_dirs, mask_dirs = _folders(layout)
         folder = np.array([t[0] for t in keep], np.int16)
         image_names = np.array([t[1] for t in keep], dtype=str)
         mask_names = np.array([t[2] for t in keep], dtype=str)
         stats = np.array(stats, np.int64).reshape(-1, 4)
         index = Index(SampleList(image_dirs, mask_dirs, folder, image_names, mask_names), stats, skipped,
-                      fingerprint(image_dirs, mask_dirs, folder, image_names, mask_names, stats), strategy,
+                      fingerprint(*_folders(layout, relative=True), folder, image_names, mask_names, stats), strategy,
                       n_found=n_found)
         if strategy == "manifest":
             index.manifest_path = _save_manifest(layout, index, dirs_before)
