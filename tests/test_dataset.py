@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import cv2
 import numpy as np
@@ -169,18 +170,30 @@ def test_augment_flips_image_and_mask_together(pairs):
     assert 0 < flips < 10
 
 
-def test_cache_equivalence(pairs, tmp_path):
+def test_cache_equivalence(pairs, tmp_path, monkeypatch):
+    import foodlab.data.dataset as dataset_mod
+
     plain = FoodSegDataset(pairs, image_size=32, num_classes=5)
     cached = FoodSegDataset(pairs, image_size=32, num_classes=5, cache=tmp_path / "cache")
     assert cached.cache.filled() == 0
     first = [cached[i] for i in range(len(cached))]
     assert cached.cache.filled() == 12
-    (pairs / "images" / "000000.jpg").write_bytes(b"")   # a cached sample no longer needs its file
+    with monkeypatch.context() as m:   # cache hits never decode a file
+        m.setattr(dataset_mod, "read_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+        for i in range(len(plain)):
+            hit = cached[i]
+            assert torch.equal(first[i][0], hit[0]) and torch.equal(first[i][1], hit[1])
     for i in range(len(plain)):
-        ref = plain[i] if i else first[0]
-        hit = cached[i]
-        assert torch.equal(hit[0], ref[0]) and torch.equal(hit[1], ref[1])
-        assert torch.equal(first[i][0], hit[0])
+        ref = plain[i]
+        assert torch.equal(first[i][0], ref[0]) and torch.equal(first[i][1], ref[1])
+    # a file rewritten in place (same name, new pixels) is served fresh, not from the stale cache
+    img = cv2.imread(str(pairs / "images" / "000000.jpg"))
+    time.sleep(0.01)
+    cv2.imwrite(str(pairs / "images" / "000000.jpg"), 255 - img)
+    fresh = FoodSegDataset(pairs, image_size=32, num_classes=5)[0]
+    assert not torch.equal(fresh[0], first[0][0])
+    assert torch.equal(cached[0][0], fresh[0])
+    (pairs / "images" / "000001.jpg").write_bytes(b"")
     again = FoodSegDataset(pairs, image_size=32, num_classes=5, cache=tmp_path / "cache", index="stat")
     assert again.fingerprint != cached.fingerprint      # the file set changed: a fresh cache
     assert again.cache.folder != cached.cache.folder

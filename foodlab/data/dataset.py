@@ -154,20 +154,24 @@ class FoodSegDataset(torch.utils.data.Dataset):
             return (mask > 0).astype(np.uint8)
         return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
 
-    def _recheck_if_changed(self, i: int, img_path: str, mask_path: str) -> None:
-        """A file rewritten in place since indexing gets its integrity check again (one stat each)."""
+    def _recheck_if_changed(self, i: int, img_path: str, mask_path: str) -> bool:
+        """A file rewritten in place since indexing gets its integrity check again (one stat each).
+
+        Returns whether either file changed, so a decoded-cache entry of it is not served stale."""
         if self._stats is None or len(self._stats) <= i:
-            return
-        expected = self._stats[i]
+            return False
+        expected, changed = self._stats[i], False
         for path, (size, mtime) in ((img_path, expected[:2]), (mask_path, expected[2:])):
             try:
                 st = os.stat(path)
             except OSError:
                 raise BadSample(path, "missing mask" if path == mask_path else "file vanished") from None
             if st.st_size != size or st.st_mtime_ns != mtime:
+                changed = True
                 reason = check_file(path)[2]
                 if reason is not None:
                     raise BadSample(path, reason)
+        return changed
 
     def __getitem__(self, i: int):
         i = int(i)
@@ -194,7 +198,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
         return image, torch.from_numpy(np.ascontiguousarray(labels)).long()
 
     def _get_arrays(self, i: int):
-        if self.cache is not None:
+        if self.cache is not None and not self._recheck_if_changed(i, *self.samples[i]):
             hit = self.cache.get(i)
             if hit is not None:
                 return hit

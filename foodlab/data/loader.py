@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 
 import numpy as np
@@ -28,6 +29,9 @@ def default_num_workers(device) -> int:
 def _worker_init(worker_id: int) -> None:
     import cv2
 
+    # Ctrl-C reaches the whole process group: workers ignore it so the trainer can finish the
+    # batch, save its checkpoint and shut the loader down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32      # torch derives it from the loader's generator + worker id
     random.seed(seed)

@@ -268,7 +268,11 @@ def ensure_synthetic(n: int, size: int = 512, seed: int = 0, classes: int = 8, r
     tmp = base / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("generating %d synthetic %dx%d pairs into %s", n, size, size, final)
-    generate_synthetic(tmp, n, size=size, seed=seed, classes=classes, layout=layout, workers=workers)
+    try:
+        generate_synthetic(tmp, n, size=size, seed=seed, classes=classes, layout=layout, workers=workers)
+    except BaseException:  # interrupted or failed: leave no half-written (possibly GBs) folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, final)
     except OSError:  # another process won the race

@@ -15,7 +15,7 @@ def add_commands(sub) -> None:
                        description="Write <stem>_mask.png and <stem>_overlay.jpg per image. Binary heads write "
                                    "0/255 masks (visible); multi-class heads write class ids 0..C-1.")
     p.add_argument("input", type=Path, help="an image file or a folder of images")
-    p.add_argument("--weights", type=Path, required=True, help="head checkpoint from training (HEAD.pt)")
+    p.add_argument("--weights", type=Path, required=True, help="model.pt, best.pt or last.pt written by foodlab train (or a save_head file)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--mode", choices=("sam2", "lightweight"), default="sam2")
     p.add_argument("--sam2-checkpoint", type=Path, default=None, help="local SAM2.1 .pt (else random weights)")

@@ -33,6 +33,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared with teammates
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
