@@ -13,6 +13,7 @@ are merged into (B, C, H, W) logits by ``assemble_logits``.
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -212,6 +213,7 @@ def embed_dataset(dataset, out_dir: str | Path, model_type: str = "tiny", checkp
             log.info("reusing SAM2 embeddings in %s", out)
             return out
     out.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # an interrupted rewrite must not look complete to EmbeddingDataset
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     dtype = autocast_dtype(dev) if amp else None
     arrays: dict[str, np.ndarray] = {}
@@ -235,7 +237,9 @@ def embed_dataset(dataset, out_dir: str | Path, model_type: str = "tiny", checkp
     for a in arrays.values():
         a.flush()
     meta.update(complete=True, mask_size=list(arrays["masks"].shape[1:]) if arrays else None)
-    meta_path.write_text(json.dumps(meta, indent=2))
+    tmp_meta = meta_path.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_meta, meta_path)  # written last and atomically: "complete" means every array is there
     log.info("wrote SAM2 %s embeddings for %d images to %s", model_type, len(dataset), out)
     return out
 

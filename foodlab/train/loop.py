@@ -235,11 +235,11 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
     amp_dtype = devices.autocast_dtype(device) if use_amp else None
     seed_everything(train_cfg.seed)
 
+    if dist.enabled and not dist.is_main:
+        dist.barrier()  # rank 0 first: it generates the synthetic data, index caches and SAM2 embeddings once
     if train_cfg.sam2_cached_embeddings and not model_cfg.use_lightweight_head and datasets is None:
         setup = sam2_decoder_setup(data_cfg, model_cfg, train_cfg, device)
         datasets, model, step_fn = setup["datasets"], setup["model"], step_fn or setup["step_fn"]
-    if dist.enabled and not dist.is_main:
-        dist.barrier()  # rank 0 first: it generates the synthetic data and index caches once
     train_ds, val_ds, full_ds = datasets or build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
     if dist.enabled and dist.is_main:
         dist.barrier()
