@@ -67,3 +67,22 @@ def test_memory_peak_in_a_fresh_process_and_no_batch_search_on_cpu():
     assert r["params"]["largest_batch"] == "n/a" and "largest_batch" not in r["metrics"]
     assert "RSS" in r["params"]["memory_source"]
     assert memory.largest_batch("fast_fp32", 2, 64, "cpu", 8) is None
+
+
+@pytest.mark.parametrize("name", ["init_time", "throughput", "quality", "loader", "precision", "memory"])
+def test_every_benchmark_rejects_unknown_scales_and_overrides_by_name(name):
+    """A typo in an experiment file must fail, not silently measure the default settings."""
+    import importlib
+
+    module = importlib.import_module(f"foodlab.bench.{name}")
+    with pytest.raises(ValueError, match=f"{name}: unknown scale 'huge'"):
+        module.run(scale="huge", device="cpu")
+    with pytest.raises(ValueError, match=f"{name}: unknown overrides batchsize"):
+        module.run(scale="smoke", device="cpu", batchsize=3)
+
+
+def test_scale_config_layers_defaults_scale_and_overrides():
+    from foodlab.bench import scale_config
+
+    scales = {"smoke": {"n": 1, "size": 8}}
+    assert scale_config("b", scales, "smoke", {"size": 16}, defaults={"seed": 0, "n": 5}) == {"seed": 0, "n": 1, "size": 16}

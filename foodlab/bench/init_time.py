@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from foodlab.bench import scale_config
+
 log = logging.getLogger(__name__)
 
 SCALES = {
@@ -71,12 +73,7 @@ def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
     from foodlab.data.layouts import resolve_layout
     from foodlab.data.synth import ensure_synthetic
 
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    cfg = {**SCALES[scale], "seed": 0, "classes": 8, "root": None, **overrides}
-    unknown = set(cfg) - set(SCALES["smoke"]) - {"seed", "classes", "root"}
-    if unknown:
-        raise ValueError(f"unknown init_time overrides: {', '.join(sorted(unknown))}")
+    cfg = scale_config("init_time", SCALES, scale, overrides, defaults={"seed": 0, "classes": 8, "root": None})
     n, size, repeats = int(cfg["n"]), int(cfg["image_size"]), max(1, int(cfg["repeats"]))
     root = Path(cfg["root"]) if cfg["root"] else ensure_synthetic(n, size=size, seed=cfg["seed"],
                                                                    classes=cfg["classes"])

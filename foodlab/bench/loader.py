@@ -12,6 +12,8 @@ import statistics
 import tempfile
 import time
 
+from foodlab.bench import scale_config
+
 log = logging.getLogger(__name__)
 
 VARIANTS = ("w0", "w4", "w0_cache", "w4_cache")
@@ -33,7 +35,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **overrid
     from foodlab.data import FoodSegDataset, ensure_synthetic, make_loader
     from foodlab.devices import resolve_device
 
-    cfg = {**SCALES[scale], **overrides}
+    cfg = scale_config("loader", SCALES, scale, overrides)
     dev = resolve_device(device)
     root = ensure_synthetic(cfg["n_images"], size=cfg["image_size"])
     records = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from foodlab.bench import scale_config
+
 log = logging.getLogger(__name__)
 
 VARIANTS = ("baseline_fp32", "fast_fp32", "fast_autocast")
@@ -91,7 +93,7 @@ def _isolated(fn, *args):
 def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **overrides) -> list[dict]:
     from foodlab.devices import resolve_device
 
-    cfg = {**SCALES[scale], **overrides}
+    cfg = scale_config("memory", SCALES, scale, overrides)
     dev = resolve_device(device)
     records = []
     for name in variants:

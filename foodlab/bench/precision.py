@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 
+from foodlab.bench import scale_config
 from foodlab.bench.timing import summarize, synthetic_batch, time_steps, train_step
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, head: str
     from foodlab.devices import autocast_dtype, resolve_device
     from foodlab.models import build_head
 
-    cfg = {**SCALES[scale], **overrides}
+    cfg = scale_config("precision", SCALES, scale, overrides)
     dev = resolve_device(device)
     images, masks = synthetic_batch(cfg["batch_size"], cfg["image_size"], num_classes)
     torch.manual_seed(0)

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from foodlab.bench import scale_config
+
 log = logging.getLogger(__name__)
 
 SCALES = {
@@ -61,12 +63,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **overrid
     from foodlab.train import train
     from foodlab.train.setup import sam2_decoder_setup
 
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    unknown = set(overrides) - set(SCALES[scale])
-    if unknown:
-        raise ValueError(f"unknown overrides {sorted(unknown)}; known: {sorted(SCALES[scale])}")
-    cfg = {**SCALES[scale], **overrides}
+    cfg = scale_config("quality", SCALES, scale, overrides)
     dev = resolve_device(device)
     params = {k: cfg[k] for k in ("n_images", "image_size", "batch_size", "target_miou", "lr")}
     records = []

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from foodlab.bench import scale_config
 from foodlab.bench.timing import summarize, synthetic_batch, time_steps, train_step
 from foodlab.devices import PeakMemory, autocast, autocast_dtype, device_name, resolve_device
 
@@ -117,13 +118,8 @@ def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
     Overrides: variants, batch_size, image_size, sam2_image_size, warmup, repeats, num_classes,
     sam2_model_type, head_settings, sam2_settings (tuples of (precision "fp32"|"amp", memory format)), seed.
     """
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
-    cfg = {"variants": VARIANTS, "num_classes": 1, "sam2_model_type": "tiny", "seed": 0, **SCALES[scale]}
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown throughput overrides: {sorted(unknown)}")
-    cfg.update(overrides)
+    cfg = scale_config("throughput", SCALES, scale, overrides,
+                       defaults={"variants": VARIANTS, "num_classes": 1, "sam2_model_type": "tiny", "seed": 0})
     dev = resolve_device(device)
     images, masks = synthetic_batch(cfg["batch_size"], cfg["image_size"], cfg["num_classes"], cfg["seed"])
     records = []
