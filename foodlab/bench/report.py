@@ -201,22 +201,3 @@ def plot_metric(records: list[dict[str, Any]], metric: str, title: str = "", bas
     ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     return fig
-
-
-def prediction_figure(images, masks, predictions: dict[str, Any], max_images: int = 4):
-    """Rows of image | ground truth | one column per prediction mode, for side-by-side comparison."""
-    import matplotlib.pyplot as plt
-
-    n = min(len(images), max_images)
-    cols = ["image", "ground truth", *predictions]
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.6 * n), squeeze=False)
-    for i in range(n):
-        panels = [images[i].permute(1, 2, 0).cpu().numpy(), masks[i].cpu().numpy(),
-                  *[p[i].cpu().numpy() for p in predictions.values()]]
-        for j, (ax, panel) in enumerate(zip(axes[i], panels)):
-            ax.imshow(panel, **({} if j == 0 else {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}))
-            ax.set_axis_off()
-            if i == 0:
-                ax.set_title(cols[j], fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -56,18 +56,26 @@ class SegMetrics:
         return out
 
 
-def overlay_figure(images: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, max_images: int = 4):
-    """A grid: image | ground truth | prediction, masks tinted over the image (no pyplot, no backend switch)."""
+def overlay_figure(images: torch.Tensor, target: torch.Tensor, pred: torch.Tensor | dict[str, torch.Tensor],
+                   max_images: int = 4):
+    """A grid: image | ground truth | one column per prediction, masks tinted over the image.
+
+    ``pred`` is one (B, H, W) prediction or ``{title: predictions}`` to compare modes side by side
+    (e.g. lightweight head vs SAM2-refined). Built without pyplot, so it never switches a backend.
+    """
     from matplotlib.figure import Figure
 
+    preds = pred if isinstance(pred, dict) else {"prediction": pred}
+    titles = ["image", "ground truth", *preds]
     n = min(max_images, len(images))
-    fig = Figure(figsize=(7.5, 2.5 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    labels = np.concatenate([target[target != IGNORE_INDEX].cpu().numpy().ravel(), pred.cpu().numpy().ravel(), [0]])
+    fig = Figure(figsize=(2.5 * len(titles), 2.5 * n))
+    axes = fig.subplots(n, len(titles), squeeze=False)
+    labels = np.concatenate([target[target != IGNORE_INDEX].cpu().numpy().ravel(),
+                             *[p.cpu().numpy().ravel() for p in preds.values()], [0]])
     vmax = max(2, int(labels.max()) + 1)
     for i in range(n):
         img = images[i].float().permute(1, 2, 0).clamp(0, 1).cpu().numpy()
-        for ax, mask, title in zip(axes[i], (None, target[i], pred[i]), ("image", "ground truth", "prediction")):
+        for ax, mask, title in zip(axes[i], (None, target[i], *[p[i] for p in preds.values()]), titles):
             ax.imshow(img)
             if mask is not None:
                 m = mask.cpu().numpy()
