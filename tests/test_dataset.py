@@ -97,7 +97,7 @@ def test_on_bad_resample_records_and_is_deterministic(pairs):
     reasons = dict(ds.skipped)
     assert "not a JPEG" in reasons[str(pairs / "images" / "000002.jpg")]
     assert reasons[str(pairs / "masks" / "000005.png")] == "mask size 50x40 != image size 64x64"
-    assert "corrupt" in reasons[str(pairs / "masks" / "000007.png")]
+    assert "IEND" in reasons[str(pairs / "masks" / "000007.png")]
     report = ds.bad_report()
     assert report["bad_at_load"] == 3 and report["samples"] == 12 and len(report["files"]) == 3
 
@@ -115,16 +115,38 @@ def test_on_bad_dummy_and_raise(pairs):
         FoodSegDataset(pairs, on_bad="ignore")
 
 
-def test_bad_cases_at_index_time_are_skipped(pairs):
+def _make_cheap_check_bad(pairs):
     jpg = (pairs / "images" / "000001.jpg").read_bytes()
-    (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])   # truncated
+    (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])   # truncated (cv2 still decodes it)
     (pairs / "images" / "000004.jpg").write_bytes(b"")                    # zero bytes
+    png = (pairs / "masks" / "000008.png").read_bytes()
+    (pairs / "masks" / "000008.png").write_bytes(png[:-12])               # IEND chunk cut off
     (pairs / "masks" / "000006.png").unlink()                              # missing mask
-    ds = FoodSegDataset(pairs, image_size=32)
-    assert len(ds) == 9
-    names = {os.path.basename(p) for p, _ in ds.skipped}
-    assert names == {"000001.jpg", "000004.jpg", "000006.jpg"}
-    assert ds.bad_report()["skipped_at_index"] == 3
+
+
+def test_bad_files_found_when_loaded_are_skipped_at_index_time_afterwards(pairs):
+    _make_cheap_check_bad(pairs)
+    ds = FoodSegDataset(pairs, image_size=32)          # first open lists names only: just the missing mask
+    assert len(ds) == 11 and [os.path.basename(p) for p, _ in ds.skipped] == ["000006.jpg"]
+    for i in range(len(ds)):
+        image, _ = ds[i]
+        assert image.std() > 0                         # resampled, never a truncated or blank sample
+    reasons = {os.path.basename(p): r for p, r in ds.skipped}
+    assert "FF D9" in reasons["000001.jpg"] and "empty" in reasons["000004.jpg"]
+    assert reasons["000008.png"] == "mask truncated or not a PNG (no IEND chunk)"
+    assert ds.bad_report()["bad_at_load"] == 3
+    again = FoodSegDataset(pairs, image_size=32, on_bad="raise")   # remembered: skipped before any load
+    assert again.index_source == "manifest" and len(again) == 8
+    assert {os.path.basename(p) for p, _ in again.skipped} == {"000001.jpg", "000004.jpg", "000006.jpg", "000008.png"}
+    assert again.bad_report()["skipped_at_index"] == 4 and again.bad_report()["bad_at_load"] == 0
+    assert all(again[i][0].std() > 0 for i in range(len(again)))
+    assert again.fingerprint == ds.fingerprint         # same files: same identity and decoded cache
+
+
+def test_verify_skips_bad_files_at_first_open(pairs):
+    _make_cheap_check_bad(pairs)
+    ds = FoodSegDataset(pairs, image_size=32, verify=True)
+    assert len(ds) == 8 and ds.bad_report()["skipped_at_index"] == 4
 
 
 def test_file_changed_after_indexing_is_caught_at_load(pairs):
@@ -142,11 +164,29 @@ def test_file_changed_after_indexing_is_caught_at_load(pairs):
 def test_all_bad_at_load_fails_loudly(pairs):
     for i in range(12):
         (pairs / "images" / f"{i:06d}.jpg").write_text("not an image")
-    ds = FoodSegDataset(pairs, index="stat", image_size=32)      # stat cannot tell
-    with pytest.raises(DatasetError, match="consecutive bad samples"):
-        ds[0]
+    for index in ("stat", "manifest"):                 # neither checks at open
+        ds = FoodSegDataset(pairs, index=index, image_size=32)
+        with pytest.raises(DatasetError, match="bad"):
+            ds[0]
     with pytest.raises(DatasetError, match=r"(?s)no valid image/mask pairs.*12 x truncated"):
-        FoodSegDataset(pairs, index="manifest")
+        FoodSegDataset(pairs, verify=True)
+    with pytest.raises(DatasetError, match="no valid image/mask pairs"):
+        FoodSegDataset(pairs)                          # what loading found is remembered
+
+
+def test_mostly_bad_at_load_fails_loudly(pairs):
+    for i in range(7):
+        (pairs / "images" / f"{i:06d}.jpg").write_bytes(b"")
+    ds = FoodSegDataset(pairs, image_size=32)
+    with pytest.raises(DatasetError, match=r"(?s)7 of the 12 samples loaded so far are bad.*empty file"):
+        for i in range(len(ds)):
+            ds[i]
+    with pytest.raises(DatasetError, match="7 of 12 images are bad"):
+        FoodSegDataset(pairs, image_size=32, rescan=True)   # remembered: the next open fails at once
+    for i in range(1, 7):                                   # fixed: 1 bad of 12 no longer trips anything
+        (pairs / "images" / f"{i:06d}.jpg").write_bytes((pairs / "images" / "000007.jpg").read_bytes())
+    fixed = FoodSegDataset(pairs, image_size=32, on_bad="dummy", verify=True)
+    assert len(fixed) == 11 and all(fixed[i][0].std() > 0 for i in range(len(fixed)))
 
 
 @pytest.mark.parametrize("strategy", ["decode", "stat", "manifest"])
@@ -193,10 +233,11 @@ def test_cache_equivalence(pairs, tmp_path, monkeypatch):
     fresh = FoodSegDataset(pairs, image_size=32, num_classes=5)[0]
     assert not torch.equal(fresh[0], first[0][0])
     assert torch.equal(cached[0][0], fresh[0])
-    (pairs / "images" / "000001.jpg").write_bytes(b"")
+    (pairs / "images" / "000001.jpg").write_bytes(b"")  # gone bad after it was cached: resampled, not served
+    assert not torch.equal(cached[1][0], first[1][0]) and any("000001" in p for p, _ in cached.skipped)
     again = FoodSegDataset(pairs, image_size=32, num_classes=5, cache=tmp_path / "cache", index="stat")
-    assert again.fingerprint != cached.fingerprint      # the file set changed: a fresh cache
-    assert again.cache.folder != cached.cache.folder
+    assert len(again) == 11 and again.fingerprint == cached.fingerprint   # same files: the same cache rows
+    assert again.cache.folder == cached.cache.folder and torch.equal(again[2][0], first[3][0])   # index 2 = row 3
 
 
 def test_dataset_pickles_for_spawn(pairs, tmp_path):
@@ -219,7 +260,7 @@ def test_make_loader_defaults(pairs):
 @pytest.mark.slow
 def test_loader_with_workers_reports_bad_files_from_workers(pairs, tmp_path):
     _make_load_time_bad(pairs)
-    ds = FoodSegDataset(pairs, index="stat", image_size=32, cache=tmp_path / "cache")
+    ds = FoodSegDataset(pairs, image_size=32, cache=tmp_path / "cache")
     loader = make_loader(ds, batch_size=4, device="cpu", num_workers=2, shuffle=True, seed=1)
     batches = [b for b in loader]
     assert len(batches) == 3 and batches[0][0].shape == (4, 3, 32, 32)
@@ -229,13 +270,15 @@ def test_loader_with_workers_reports_bad_files_from_workers(pairs, tmp_path):
     report = ds.bad_report()
     assert report["bad_at_load"] == 3, report           # found inside workers, visible here
     assert ds.cache.filled() == 9                       # workers filled the shared cache
+    assert len(FoodSegDataset(pairs, image_size=32)) == 9   # and remembered: skipped at the next open
 
 
 def test_init_time_smoke():
     from foodlab.bench import init_time
 
     records = init_time.run(scale="smoke")
-    assert [r["variant"] for r in records] == ["decode", "stat", "manifest_first_open", "manifest_reopen"]
+    assert [r["variant"] for r in records] == ["decode", "stat", "manifest_verify", "manifest_first_open",
+                                               "manifest_reopen"]
     assert all(r["metrics"]["images"] == 300 and r["metrics"]["init_s"] > 0 for r in records)
     assert records[0]["params"]["extrapolated_from"] == 100
     table = init_time.format_table(records)

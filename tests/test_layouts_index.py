@@ -1,4 +1,4 @@
-"""Folder layouts, the three index strategies, integrity checks and manifest invalidation."""
+"""Folder layouts, the three index strategies, integrity checks, manifest invalidation and learned bad files."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from foodlab.data import index as index_mod
-from foodlab.data.index import DatasetError, build_index, check_file, manifest_paths
+from foodlab.data import manifest as manifest_mod
+from foodlab.data.index import DatasetError, build_index, check_file
+from foodlab.data.manifest import manifest_paths
 from foodlab.data.layouts import LayoutError, detect_layout, resolve_layout
 from foodlab.data.synth import generate_synthetic
 
@@ -88,33 +90,60 @@ def test_check_file_end_markers(tmp_path, pairs):
     assert cv2.imread(str(tmp_path / "half.jpg")) is not None     # why decoding is not an integrity check
 
 
-def test_manifest_skips_bad_files_with_reasons(pairs):
+def _make_index_time_bad(pairs):
     jpg = (pairs / "images" / "000001.jpg").read_bytes()
     (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])
     (pairs / "images" / "000002.jpg").write_bytes(b"")
     (pairs / "images" / "000003.jpg").write_text("not an image")
     (pairs / "masks" / "000004.png").unlink()
     (pairs / "masks" / "000005.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    idx = build_index(resolve_layout(pairs), "manifest")
+
+
+def test_verify_skips_bad_files_with_reasons_and_remembers_them(pairs):
+    _make_index_time_bad(pairs)
+    lay = resolve_layout(pairs)
+    listed = build_index(lay, "manifest")           # first open: names only, the checks wait for loading
+    assert len(listed.samples) == 11 and listed.skipped == [(str(pairs / "images" / "000004.jpg"), "missing mask")]
+    assert not listed.checked.any()
+    idx = build_index(lay, "manifest", verify=True)
     reasons = {os.path.basename(p): r for p, r in idx.skipped}
-    assert len(idx.samples) == 7
+    assert len(idx.samples) == 7 and idx.checked[idx.samples.rows].all()
     assert "FF D9" in reasons["000001.jpg"] and "empty" in reasons["000002.jpg"]
     assert "FF D9" in reasons["000003.jpg"] and reasons["000004.jpg"] == "missing mask"
     assert "IEND" in reasons["000005.png"]
+    again = build_index(lay, "manifest")            # later opens skip them without checking anything
+    assert again.source == "manifest" and list(again.samples) == list(idx.samples)
+    assert sorted(again.skipped) == sorted(idx.skipped) and again.fingerprint == listed.fingerprint
     # stat (the original "after") only sees the empty file and the missing mask
-    stat = build_index(resolve_layout(pairs), "stat")
+    stat = build_index(lay, "stat")
     assert len(stat.samples) == 10
     # decode catches the text file but not the truncated JPEG
-    dec = {os.path.basename(p) for p, _ in build_index(resolve_layout(pairs), "decode").skipped}
+    dec = {os.path.basename(p) for p, _ in build_index(lay, "decode").skipped}
     assert "000003.jpg" in dec and "000001.jpg" not in dec
+
+
+def test_known_bad_file_fixed_in_place_comes_back(pairs):
+    lay = resolve_layout(pairs)
+    path = pairs / "images" / "000006.jpg"
+    good = path.read_bytes()
+    path.write_bytes(good[:100])
+    assert len(build_index(lay, "manifest", verify=True).samples) == 11
+    path.write_bytes(good)                          # same name, so the folder's mtime does not move
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    idx = build_index(lay, "manifest", verify=True)
+    assert len(idx.samples) == 12 and idx.skipped == []
 
 
 def test_mostly_bad_fails_loudly(pairs):
     for i in range(7):
         (pairs / "images" / f"{i:06d}.jpg").write_bytes(b"")
+    lay = resolve_layout(pairs)
+    assert len(build_index(lay, "manifest").samples) == 12     # not checked yet: loading finds them
     with pytest.raises(DatasetError, match=r"(?s)7 of 12 images are bad.*empty file"):
-        build_index(resolve_layout(pairs), "manifest")
-    build_index(resolve_layout(pairs), "manifest", check_bad=False)   # info can still list them
+        build_index(lay, "manifest", verify=True)
+    with pytest.raises(DatasetError, match="7 of 12 images are bad"):
+        build_index(lay, "manifest")                            # remembered
+    build_index(lay, "manifest", check_bad=False)               # info can still list them
 
 
 def _tick():
@@ -129,7 +158,7 @@ def test_manifest_reopen_and_invalidation(pairs):
     assert first.manifest_path.exists() and first.manifest_path.parent == pairs
     again = build_index(lay, "manifest")
     assert again.source == "manifest" and again.fingerprint == first.fingerprint
-    assert list(again.samples) == list(first.samples) and np.array_equal(again.stats, first.stats)
+    assert list(again.samples) == list(first.samples)
 
     _tick()   # add a pair
     for sub, ext in (("images", "jpg"), ("masks", "png")):
@@ -144,12 +173,11 @@ def test_manifest_reopen_and_invalidation(pairs):
     assert removed.source == "scan" and len(removed.samples) == 12
     assert all("000003" not in p for p, _ in removed.samples)
 
-    _tick()   # change a file in place: the folder mtime stays, the per-file stat in the manifest differs
+    _tick()   # change a file in place: the folder mtime stays, so the manifest stays (loading checks the file)
     path = pairs / "images" / "000004.jpg"
     path.write_bytes(path.read_bytes()[:100])
     kept = build_index(lay, "manifest")
-    i = [os.path.basename(p) for p, _ in kept.samples].index("000004.jpg")
-    assert kept.stats[i][0] != path.stat().st_size          # the dataset re-checks it at load time
+    assert kept.source == "manifest" and len(kept.samples) == 12
     assert build_index(lay, "manifest", rescan=True).source == "scan"
 
 
@@ -163,14 +191,14 @@ def test_corrupt_manifest_is_rebuilt(pairs):
 
 def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path):
     monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
-    real = index_mod._write_atomic
+    real = manifest_mod.write_atomic
 
     def refuse_data_folder(path, *args):
         if path.parent == pairs:
             raise PermissionError(13, "Permission denied")
         return real(path, *args)
 
-    monkeypatch.setattr(index_mod, "_write_atomic", refuse_data_folder)
+    monkeypatch.setattr(manifest_mod, "write_atomic", refuse_data_folder)
     lay = resolve_layout(pairs)
     first = build_index(lay, "manifest")
     assert first.manifest_path.is_relative_to(tmp_path / "cache" / "manifests")
@@ -196,9 +224,9 @@ def test_uecfoodpix_mask_red_channel(tmp_path):
     assert mask[:16].unique().tolist() == [2] and mask[16:].unique().tolist() == [0]
 
 
-def test_incremental_rescan_checks_only_new_files(pairs, monkeypatch):
+def test_incremental_verify_checks_only_new_files(pairs, monkeypatch):
     lay = resolve_layout(pairs)
-    first = build_index(lay, "manifest")
+    first = build_index(lay, "manifest", verify=True)
     _tick()
     jpg = (pairs / "images" / "000000.jpg").read_bytes()
     (pairs / "images" / "new.jpg").write_bytes(jpg[: len(jpg) // 2])          # truncated newcomer
@@ -206,12 +234,30 @@ def test_incremental_rescan_checks_only_new_files(pairs, monkeypatch):
     checked = []
     real = index_mod.check_file
     monkeypatch.setattr(index_mod, "check_file", lambda name, dir_fd=None: checked.append(name) or real(name, dir_fd))
-    again = build_index(lay, "manifest")
+    again = build_index(lay, "manifest", verify=True)
     assert again.source == "scan" and sorted(checked) == ["new.jpg", "new.png"]
     assert len(again.samples) == 12 and "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
-    assert np.array_equal(again.stats, first.stats) and again.fingerprint == first.fingerprint
+    assert list(again.samples) == list(first.samples)
     checked.clear()
-    assert len(build_index(lay, "manifest", rescan=True).samples) == 12 and len(checked) == 26   # full scan
+    assert len(build_index(lay, "manifest", verify=True).samples) == 12 and checked == []   # all known
+    assert len(build_index(lay, "manifest", rescan=True, verify=True).samples) == 12 and len(checked) == 26
+
+
+def test_odd_file_names(pairs):
+    """Non-ASCII names, names that are not UTF-8 at all, and upper-case extensions."""
+    names = [b"caf\xc3\xa9", b"raw\xff", b"UPPER"]
+    for name in names:
+        ext = b".JPG" if name == b"UPPER" else b".jpg"
+        os.rename(pairs / "images" / "000000.jpg", os.fsencode(pairs / "images") + b"/" + name + ext)
+        os.rename(pairs / "masks" / "000000.png", os.fsencode(pairs / "masks") + b"/" + name + b".png")
+        for sub, e in (("images", "jpg"), ("masks", "png")):   # put 000000 back for the next name
+            (pairs / sub / f"000000.{e}").write_bytes(open(os.fsencode(pairs / sub) + b"/" + name +
+                                                           (ext if sub == "images" else b".png"), "rb").read())
+    for reopen in (False, True):
+        idx = build_index(resolve_layout(pairs), "manifest", rescan=not reopen)
+        assert len(idx.samples) == 15 and idx.skipped == [] and idx.source == ("manifest" if reopen else "scan")
+        assert all(os.path.isfile(i) and os.path.isfile(m) for i, m in idx.samples)
+    assert len(build_index(resolve_layout(pairs), "manifest", verify=True).samples) == 15
 
 
 def test_moved_dataset_or_other_cwd_reuses_its_manifest_with_current_paths(pairs, tmp_path, monkeypatch):

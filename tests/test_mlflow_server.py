@@ -98,7 +98,8 @@ def test_smoke_benchmark_logs_parent_and_children_to_a_real_server(mlflow_server
     parent = parents[0]
     assert params(parent)["baseline"] == "decode" and params(parent)["scale"] == "smoke"
     children = [r for r in runs if run_tags(r).get("mlflow.parentRunId") == parent["info"]["run_id"]]
-    assert {params(c)["variant"] for c in children} == {"decode", "stat", "manifest_first_open", "manifest_reopen"}
+    assert {params(c)["variant"] for c in children} == {"decode", "stat", "manifest_verify", "manifest_first_open",
+                                                              "manifest_reopen"}
     for child in children:
         p = params(child)
         assert p["device"] == "cpu" and p["device_name"].startswith("CPU")

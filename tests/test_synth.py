@@ -86,7 +86,13 @@ def test_cli_synth_and_info(tmp_path):
     assert np.array_equal(a, cv2.imdecode(cv2.imencode(".jpg", render(4, 48, 2, 3)[0],
                                                        [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR))
     (out / "images" / "000001.jpg").write_bytes(b"")
-    res = subprocess.run([sys.executable, "-m", "foodlab", "data", "info", str(out)], capture_output=True, text=True)
+    info = [sys.executable, "-m", "foodlab", "data", "info", str(out)]
+    res = subprocess.run(info, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "layout:   pairs" in res.stdout and "5 valid of 6" in res.stdout
+    assert "layout:   pairs" in res.stdout and "6 kept of 6" in res.stdout and "checked:  0 of 6" in res.stdout
+    res = subprocess.run(info + ["--verify"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "5 kept of 6" in res.stdout and "checked:  5 of 5" in res.stdout
     assert "000001.jpg: empty file (0 bytes)" in res.stdout
+    res = subprocess.run(info[:-1] + [str(tmp_path / "nope")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == "" and "not a folder" in res.stderr

@@ -1,6 +1,10 @@
 """Dataset init time: decode vs stat vs manifest (first open, re-open), side by side on the same files.
 
-All four are timed in this one process on one synthetic dataset, after a warm-up pass that
+``manifest_first_open`` lists the folders and writes the manifest; each file's integrity check
+then runs when the file is loaded. ``manifest_verify`` is a first open that checks every file's
+size and end marker up front (``verify=True``), what a first open cost before the check moved.
+
+All five are timed in this one process on one synthetic dataset, after a warm-up pass that
 reads every file once, so the page cache is equally warm for each strategy (the figures are
 warm-cache figures, as in real repeated training runs). ``decode`` is the slow historic path:
 above ``decode_sample`` images it is timed on an evenly spaced subsample and extrapolated
@@ -28,7 +32,7 @@ SCALES = {
     "default": {"n": 5000, "image_size": 512, "repeats": 3, "decode_sample": 500},
     "full": {"n": 70700, "image_size": 512, "repeats": 3, "decode_sample": 1000},
 }
-VARIANTS = ("decode", "stat", "manifest_first_open", "manifest_reopen")
+VARIANTS = ("decode", "stat", "manifest_verify", "manifest_first_open", "manifest_reopen")
 
 
 def _warm_page_cache(root: Path) -> None:
@@ -58,19 +62,20 @@ def _subsample(root: Path, k: int) -> Path:
     return sub
 
 
-def _time_index(root: Path, strategy: str, rescan: bool = False) -> tuple[float, int]:
+def _time_index(root: Path, strategy: str, verify: bool = False, first_open: bool = False) -> tuple[float, int]:
+    from foodlab.data import manifest
     from foodlab.data.index import build_index
     from foodlab.data.layouts import resolve_layout
 
+    if first_open:
+        manifest.remove(resolve_layout(root, "pairs"))
     start = time.perf_counter()
-    index = build_index(resolve_layout(root, "pairs"), strategy, rescan=rescan)
+    index = build_index(resolve_layout(root, "pairs"), strategy, verify=verify)
     return time.perf_counter() - start, len(index.samples)
 
 
 def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
     """One record per variant in VARIANTS; ``device`` is unused (indexing is CPU and filesystem work)."""
-    from foodlab.data.index import manifest_paths
-    from foodlab.data.layouts import resolve_layout
     from foodlab.data.synth import ensure_synthetic
 
     cfg = scale_config("init_time", SCALES, scale, overrides, defaults={"seed": 0, "classes": 8, "root": None})
@@ -98,17 +103,15 @@ def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
     records.append({"variant": "stat", "params": {**base, "strategy": "stat"},
                     "metrics": {"init_s": statistics.median(t for t, _ in times), "images": times[0][1]}})
 
-    layout = resolve_layout(root, "pairs")
-    first = []
-    for _ in range(repeats):
-        for path in manifest_paths(layout):
-            path.unlink(missing_ok=True)
-        first.append(_time_index(root, "manifest"))
-    records.append({"variant": "manifest_first_open", "params": {**base, "strategy": "manifest"},
-                    "metrics": {"init_s": statistics.median(t for t, _ in first), "images": first[0][1]}})
-    again = [_time_index(root, "manifest") for _ in range(max(5, repeats))]
-    records.append({"variant": "manifest_reopen", "params": {**base, "strategy": "manifest"},
-                    "metrics": {"init_s": statistics.median(t for t, _ in again), "images": again[0][1]}})
+    runs = {
+        "manifest_verify": [_time_index(root, "manifest", verify=True, first_open=True) for _ in range(repeats)],
+        "manifest_first_open": [_time_index(root, "manifest", first_open=True) for _ in range(repeats)],
+        "manifest_reopen": [_time_index(root, "manifest") for _ in range(max(5, repeats))],
+    }
+    for variant, times in runs.items():
+        params = {**base, "strategy": "manifest", "verify": variant == "manifest_verify"}
+        records.append({"variant": variant, "params": params,
+                        "metrics": {"init_s": statistics.median(t for t, _ in times), "images": times[0][1]}})
     return records
 
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "Index": "foodlab.data.index",
     "build_index": "foodlab.data.index",
     "check_file": "foodlab.data.index",
-    "manifest_paths": "foodlab.data.index",
+    "manifest_paths": "foodlab.data.manifest",
 }
 
 __all__ = sorted(_EXPORTS)

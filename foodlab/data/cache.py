@@ -1,8 +1,11 @@
 """Decoded-and-resized sample cache: epochs after the first skip JPEG/PNG decoding entirely.
 
-Three raw memmaps per (dataset fingerprint, image size, num_classes): uint8 images (N,S,S,3),
-uint8 labels (N,S,S) and a filled-flags array (N,). Samples are written lazily the first time
-they are loaded; the flag is set after the data, so a reader never sees a half-written sample.
+Raw memmaps per (dataset fingerprint, image size, num_classes), one row per candidate pair of
+the index (so a file found bad later moves no other sample): uint8 images (N,S,S,3), uint8 labels
+(N,S,S), int64 stamps (N,4) (size and mtime of the image and the mask when the row was filled)
+and a filled-flags array (N,). Samples are written lazily the first time they are loaded; the
+flag is set after the data, so a reader never sees a half-written sample, and a row whose files'
+stamps differ now (rewritten in place) is a miss.
 Each process (main or DataLoader worker) opens the files itself in ``r+`` mode on first use —
 memmaps are never pickled — and MAP_SHARED makes every process's writes visible to the others.
 The files are sparse until filled; a full 70,700 x 512 x 512 cache takes ~74 GB.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +34,13 @@ class DecodedCache:
     @classmethod
     def for_dataset(cls, ds, base: str | Path | None = None) -> "DecodedCache":
         base = Path(base) if base is not None else default_cache_root() / "decoded"
-        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}"
-        return cls(folder, len(ds), ds.image_size)
+        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}_v2"
+        return cls(folder, len(ds.samples.folder), ds.image_size)
 
     def _shapes(self) -> dict:
-        s = self.size
-        return {"images.u8": (self.n, s, s, 3), "labels.u8": (self.n, s, s), "filled.u8": (self.n,)}
+        s, u8 = self.size, np.uint8
+        return {"images.u8": (u8, (self.n, s, s, 3)), "labels.u8": (u8, (self.n, s, s)),
+                "stamps.i8": (np.int64, (self.n, 4)), "filled.u8": (u8, (self.n,))}
 
     def _create(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -43,18 +48,23 @@ class DecodedCache:
         meta_path = self.folder / "meta.json"
         if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
             raise ValueError(f"cache {self.folder} was made for {meta_path.read_text()}, not {meta}")
-        for name, shape in self._shapes().items():
+        for name, (dtype, shape) in self._shapes().items():
             path = self.folder / name
-            nbytes = int(np.prod(shape))
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             if not path.exists() or path.stat().st_size != nbytes:
                 with open(path, "wb") as f:   # sparse: no disk used until written
                     f.truncate(nbytes)
-        meta_path.write_text(json.dumps(meta))
+        if not meta_path.exists():            # atomic: a reader never sees half a meta.json
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix="meta.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(meta))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, meta_path)
 
     def _open(self):
         if self._maps is None:
-            self._maps = {name.split(".")[0]: np.memmap(self.folder / name, np.uint8, "r+", shape=shape)
-                          for name, shape in self._shapes().items()}
+            self._maps = {name.split(".")[0]: np.memmap(self.folder / name, dtype, "r+", shape=shape)
+                          for name, (dtype, shape) in self._shapes().items()}
         return self._maps
 
     def __getstate__(self):
@@ -62,17 +72,30 @@ class DecodedCache:
         state["_maps"] = None
         return state
 
-    def get(self, i: int):
-        m = self._open()
-        if not m["filled"][i]:
+    @staticmethod
+    def stamp(image_path: str, mask_path: str) -> np.ndarray | None:
+        """(size, mtime_ns) of both files (two stats); None when one is missing (never cached)."""
+        try:
+            a, b = os.stat(image_path), os.stat(mask_path)
+        except OSError:
             return None
-        return np.array(m["images"][i]), np.array(m["labels"][i])
+        return np.array([a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns], np.int64)
 
-    def put(self, i: int, image: np.ndarray, labels: np.ndarray) -> None:
+    def get(self, row: int, stamp: np.ndarray | None):
         m = self._open()
-        m["images"][i] = image
-        m["labels"][i] = labels
-        m["filled"][i] = 1
+        if stamp is None or not m["filled"][row] or not np.array_equal(m["stamps"][row], stamp):
+            return None
+        return np.array(m["images"][row]), np.array(m["labels"][row])
+
+    def put(self, row: int, image: np.ndarray, labels: np.ndarray, stamp: np.ndarray | None) -> None:
+        if stamp is None:
+            return
+        m = self._open()
+        m["filled"][row] = 0           # a reader of the old row sees a miss while it is rewritten
+        m["images"][row] = image
+        m["labels"][row] = labels
+        m["stamps"][row] = stamp
+        m["filled"][row] = 1
 
     def filled(self) -> int:
         return int(np.count_nonzero(self._open()["filled"]))
@@ -88,7 +111,7 @@ class DecodedCache:
 
 def cache_bytes(n: int, image_size: int) -> int:
     """Disk the cache needs once full."""
-    return n * (image_size * image_size * 4 + 1)
+    return n * (image_size * image_size * 4 + 33)
 
 
 def free_bytes(folder: str | Path) -> int:

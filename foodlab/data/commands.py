@@ -24,6 +24,9 @@ def add_commands(sub) -> None:
     p.add_argument("--split", default=None)
     p.add_argument("--index", default="manifest", choices=("decode", "stat", "manifest"))
     p.add_argument("--rescan", action="store_true", help="ignore an existing manifest")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file's size and JPEG/PNG end marker now (manifest index; by default a file "
+                        "is checked when first loaded) and remember the bad ones, so later opens skip them")
     p.set_defaults(func=_info)
 
 
@@ -43,6 +46,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     import collections
+    import sys
     import time
 
     from foodlab.data.index import DatasetError, build_index
@@ -51,10 +55,10 @@ def _info(args: argparse.Namespace) -> int:
     try:
         layout = resolve_layout(args.root, args.layout, args.split)
         start = time.perf_counter()
-        index = build_index(layout, args.index, rescan=args.rescan, check_bad=False)
+        index = build_index(layout, args.index, rescan=args.rescan, check_bad=False, verify=args.verify)
         secs = time.perf_counter() - start
-    except (LayoutError, DatasetError) as e:
-        print(f"error: {e}")
+    except (LayoutError, DatasetError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"root:     {layout.root}")
     print(f"layout:   {layout.name}" + (" (mask class id in the red channel)" if layout.mask_channel else ""))
@@ -62,7 +66,12 @@ def _info(args: argparse.Namespace) -> int:
         print(f"folders:  {fp.image_dir}  +  {fp.mask_dir}")
     print(f"index:    {index.strategy} ({index.source}, {secs:.3f} s)"
           + (f", manifest {index.manifest_path}" if index.manifest_path else ""))
-    print(f"samples:  {len(index.samples)} valid of {index.n_found} images found")
+    print(f"samples:  {len(index.samples)} kept of {index.n_found} images found")
+    if index.strategy == "manifest":
+        n_checked = int(index.checked[index.samples.rows].sum()) if len(index.samples) else 0
+        print(f"checked:  {n_checked} of {len(index.samples)} pairs had their end markers checked at index time"
+              + ("" if n_checked == len(index.samples) else
+                 "; the rest are checked when loaded (run with --verify to check them all now)"))
     print(f"skipped:  {len(index.skipped)}")
     for reason, n in collections.Counter(r for _, r in index.skipped).most_common():
         print(f"  {n:6d} x {reason}")
@@ -74,6 +83,6 @@ def _info(args: argparse.Namespace) -> int:
         from foodlab.data.index import check_bad_fraction
         check_bad_fraction(index, layout.root)
     except DatasetError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

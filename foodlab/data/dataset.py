@@ -5,6 +5,11 @@ sample never crashes training by default: ``on_bad="resample"`` returns a determ
 alternate valid sample and records the bad file; ``"dummy"`` returns a blank sample (the
 original pipeline's behaviour); ``"raise"`` fails naming the file and the reason.
 
+Every load checks what the default index does not check up front (size, the JPEG/PNG end
+marker) on the bytes it has just read, so the check is free. A file found bad is remembered in
+the manifest (``index.remember_bad``) and skipped at index time by every later open. A dataset
+where most loaded samples are bad raises ``DatasetError`` instead of training on the rest.
+
 Worker caveat: with DataLoader workers every worker holds its own copy of the dataset, so
 files found bad inside a worker are not in the main process's ``ds.skipped``; they are
 appended to a small log file that ``bad_report()`` reads back, so the report is complete.
@@ -24,7 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from foodlab.data.index import DatasetError, build_index, check_file, jpeg_tail_ok, summarize_reasons
+from foodlab.data.index import (BAD_FRACTION_LIMIT, DatasetError, build_index, end_marker_problem, remember_bad,
+                                summarize_reasons)
 from foodlab.data.layouts import resolve_layout
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 ON_BAD = ("resample", "dummy", "raise")
 IGNORE_INDEX = 255
 MAX_RESAMPLE_TRIES = 20
+MIN_LOADED_FOR_FRACTION = 200   # loaded samples before the bad fraction is judged (or all of them)
 
 
 class BadSample(Exception):
@@ -53,8 +60,9 @@ def read_image(path) -> np.ndarray:
         raise BadSample(path, f"unreadable: {e.strerror or e}") from None
     if data.size == 0:
         raise BadSample(path, "empty file (0 bytes)")
-    if path.lower().endswith((".jpg", ".jpeg")) and not jpeg_tail_ok(data[-32:].tobytes()):
-        raise BadSample(path, "truncated or not a JPEG (no FF D9 end marker)")   # free: bytes are in memory
+    problem = end_marker_problem(path, data[-32:].tobytes())   # free: the bytes are in memory
+    if problem:
+        raise BadSample(path, problem)
     img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise BadSample(path, "not an image or corrupt (cv2 cannot decode it)")
@@ -74,7 +82,10 @@ def read_mask(path: str, channel: str | None = None) -> np.ndarray:
     data = np.fromfile(path, np.uint8) if os.path.exists(path) else None
     if data is None:
         raise BadSample(path, "missing mask")
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    problem = end_marker_problem(path, data[-32:].tobytes()) if data.size else "empty file (0 bytes)"
+    if problem:
+        raise BadSample(path, f"mask {problem}")
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise BadSample(path, "mask is not an image or corrupt")
     if mask.ndim == 3:
@@ -89,12 +100,13 @@ class FoodSegDataset(torch.utils.data.Dataset):
     ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data made with
     ``classes=8`` use ``num_classes=9``. Images are squashed to ``image_size`` squared (area/bilinear),
     masks resized nearest-neighbour. ``cache``: a folder (or True for the default) for the decoded
-    cache (``cache.py``). ``rescan=True`` ignores an existing manifest.
+    cache (``cache.py``). ``rescan=True`` ignores an existing manifest. ``verify=True`` checks every
+    file's size and end marker now (an open and a read per file) instead of as each is loaded.
     """
 
     def __init__(self, root, split: str | None = None, layout: str = "auto", index: str = "manifest",
                  image_size: int = 512, num_classes: int = 1, on_bad: str = "resample", cache=None,
-                 augment: bool = False, rescan: bool = False):
+                 augment: bool = False, rescan: bool = False, verify: bool = False):
         if on_bad not in ON_BAD:
             raise ValueError(f"unknown on_bad {on_bad!r}; choose one of {', '.join(ON_BAD)}")
         if num_classes < 1:
@@ -103,12 +115,13 @@ class FoodSegDataset(torch.utils.data.Dataset):
         self.image_size, self.num_classes = int(image_size), int(num_classes)
         self.on_bad, self.augment = on_bad, augment
         self.layout = resolve_layout(self.root, layout, split)
-        idx = build_index(self.layout, index, rescan=rescan)
+        idx = build_index(self.layout, index, rescan=rescan, verify=verify)
         self.index_strategy, self.index_source = idx.strategy, idx.source
-        self.samples, self._stats, self.fingerprint = idx.samples, idx.stats, idx.fingerprint
+        self.samples, self.fingerprint, self.manifest_path = idx.samples, idx.fingerprint, idx.manifest_path
         self.skipped: list[tuple[str, str]] = list(idx.skipped)
         self._n_index_skipped = len(idx.skipped)
         self._bad: set[int] = set()
+        self._loaded_ok, self._n_ok = np.zeros(len(self.samples), bool), 0   # for the load-time bad fraction
         self._lock = threading.Lock()
         self._bad_log = os.path.join(tempfile.gettempdir(), f"foodlab_bad_{uuid.uuid4().hex}.log")
         self._bad_log_owner = (os.getpid(), id(self))     # only this object removes the log
@@ -136,7 +149,6 @@ class FoodSegDataset(torch.utils.data.Dataset):
     def load_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` decoded and resized: (uint8 RGB (S,S,3), uint8 labels (S,S)); raises BadSample."""
         img_path, mask_path = self.samples[i]
-        self._recheck_if_changed(i, img_path, mask_path)
         img = read_image(img_path)
         mask = read_mask(mask_path, self.layout.mask_channel)
         if mask.shape[:2] != img.shape[:2]:
@@ -153,25 +165,6 @@ class FoodSegDataset(torch.utils.data.Dataset):
         if self.num_classes == 1:
             return (mask > 0).astype(np.uint8)
         return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
-
-    def _recheck_if_changed(self, i: int, img_path: str, mask_path: str) -> bool:
-        """A file rewritten in place since indexing gets its integrity check again (one stat each).
-
-        Returns whether either file changed, so a decoded-cache entry of it is not served stale."""
-        if self._stats is None or len(self._stats) <= i:
-            return False
-        expected, changed = self._stats[i], False
-        for path, (size, mtime) in ((img_path, expected[:2]), (mask_path, expected[2:])):
-            try:
-                st = os.stat(path)
-            except OSError:
-                raise BadSample(path, "missing mask" if path == mask_path else "file vanished") from None
-            if st.st_size != size or st.st_mtime_ns != mtime:
-                changed = True
-                reason = check_file(path)[2]
-                if reason is not None:
-                    raise BadSample(path, reason)
-        return changed
 
     def __getitem__(self, i: int):
         i = int(i)
@@ -192,19 +185,25 @@ class FoodSegDataset(torch.utils.data.Dataset):
         else:
             raise DatasetError(f"{MAX_RESAMPLE_TRIES} consecutive bad samples while resampling; "
                                f"the dataset looks mostly broken:\n{summarize_reasons(self.bad_files())}")
+        if not self._loaded_ok[i]:
+            self._loaded_ok[i] = True
+            self._n_ok += 1
+            self._check_bad_fraction()
         if self.augment and torch.rand(()) < 0.5:
             img, labels = img[:, ::-1], labels[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
         return image, torch.from_numpy(np.ascontiguousarray(labels)).long()
 
     def _get_arrays(self, i: int):
-        if self.cache is not None and not self._recheck_if_changed(i, *self.samples[i]):
-            hit = self.cache.get(i)
-            if hit is not None:
-                return hit
+        if self.cache is None:
+            return self.load_arrays(i)
+        row = int(self.samples.rows[i])
+        stamp = self.cache.stamp(*self.samples[i])    # a file rewritten in place is never served stale
+        hit = self.cache.get(row, stamp)
+        if hit is not None:
+            return hit
         img, labels = self.load_arrays(i)
-        if self.cache is not None:
-            self.cache.put(i, img, labels)
+        self.cache.put(row, img, labels, stamp)
         return img, labels
 
     def _alternate(self, i: int, attempt: int) -> int:
@@ -225,11 +224,23 @@ class FoodSegDataset(torch.utils.data.Dataset):
             self._bad.add(i)
             if first:
                 self.skipped.append((e.path, e.reason))
-        if first:
-            log.warning("bad sample %s: %s", e.path, e.reason)
-            if torch.utils.data.get_worker_info() is not None:   # let the main process see it
-                with open(self._bad_log, "a") as f:
-                    f.write(f"{e.path}\t{e.reason}\n")
+        if not first:
+            return
+        log.warning("bad sample %s: %s", e.path, e.reason)
+        remember_bad(self.manifest_path, self.layout.root, e.path, e.reason)
+        if torch.utils.data.get_worker_info() is not None:   # let the main process see it
+            with open(self._bad_log, "a") as f:
+                f.write(f"{e.path}\t{e.reason}\n")
+        self._check_bad_fraction()
+
+    def _check_bad_fraction(self) -> None:
+        """Most samples loaded so far bad (once enough were loaded): fail instead of training on the rest."""
+        n_bad = len(self._bad)
+        n = n_bad + self._n_ok
+        if self.on_bad != "raise" and n >= min(MIN_LOADED_FOR_FRACTION, len(self)) and n_bad > BAD_FRACTION_LIMIT * n:
+            raise DatasetError(f"{self.root}: {n_bad} of the {n} samples loaded so far are bad (more than "
+                               f"{BAD_FRACTION_LIMIT:.0%}); refusing to train on the rest. Reasons:\n"
+                               f"{summarize_reasons(self.bad_files())}")
 
     def bad_files(self) -> list[tuple[str, str]]:
         """Every (path, reason) skipped: at index time, at load time here, and in DataLoader workers."""
