@@ -7,7 +7,7 @@ original pipeline's behaviour); ``"raise"`` fails naming the file and the reason
 
 Every load checks what the default index does not check up front (size, the JPEG/PNG end
 marker) on the bytes it has just read, so the check is free. A file found bad is remembered in
-the manifest (``index.remember_bad``) and skipped at index time by every later open. A dataset
+the manifest (``manifest.remember_bad``) and skipped at index time by every later open. A dataset
 where most loaded samples are bad raises ``DatasetError`` instead of training on the rest.
 
 Worker caveat: with DataLoader workers every worker holds its own copy of the dataset, so
@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from foodlab.data.index import (BAD_FRACTION_LIMIT, DatasetError, build_index, end_marker_problem, remember_bad,
-                                summarize_reasons)
+from foodlab.data.index import BAD_FRACTION_LIMIT, DatasetError, build_index, end_marker_problem, summarize_reasons
+from foodlab.data.manifest import remember_bad
 from foodlab.data.layouts import resolve_layout
 
 log = logging.getLogger(__name__)

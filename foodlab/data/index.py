@@ -31,7 +31,6 @@ from typing import Sequence
 
 import numpy as np
 
-from foodlab.data import manifest
 from foodlab.data.layouts import IMAGE_EXTS, MASK_EXTS, Layout
 
 log = logging.getLogger(__name__)
@@ -141,11 +140,11 @@ def check_file(path: str, dir_fd: int | None = None) -> tuple[int, int, str | No
         os.close(fd)
 
 
-def _check_chunk(items: list[tuple[int, str, int, str]]) -> list[tuple]:
+def check_chunk(items: list[tuple[int, str, int, str]]) -> list[tuple]:
     return [check_file(i, ifd) + check_file(m, mfd) for ifd, i, mfd, m in items]
 
 
-def _parallel_map(fn, items: list, workers: int) -> list:
+def parallel_map(fn, items: list, workers: int) -> list:
     """Run ``fn`` over chunks of ``items`` in threads (the syscalls release the GIL); keeps order."""
     if workers <= 1 or len(items) < 2000:
         return fn(items)
@@ -178,7 +177,7 @@ def _list(folder: str, exts: tuple[str, ...]) -> tuple[dict[str, str], list[tupl
     return found, dupes
 
 
-def _candidates(layout: Layout):
+def list_candidates(layout: Layout):
     """One listing per folder: (folder, image names, mask names) of every image with a mask, skipped, n_found."""
     folder, images, masks, skipped, n_found = [], [], [], [], 0
     for f, fp in enumerate(layout.folders):
@@ -219,7 +218,7 @@ def _index_decode(layout: Layout):
     """The historic "before": decode every image and mask (slow; and a truncated JPEG still passes)."""
     import cv2
 
-    folder, images, masks, skipped, n_found = _candidates(layout)
+    folder, images, masks, skipped, n_found = list_candidates(layout)
     ok = []
     for f, i, m in zip(folder, images, masks):
         img = os.path.join(layout.folders[f].image_dir, i)
@@ -235,7 +234,7 @@ def _index_decode(layout: Layout):
     return folder, images, masks, ok, skipped, n_found
 
 
-def _folders(layout: Layout, relative: bool = False) -> tuple[list[str], list[str]]:
+def layout_folders(layout: Layout, relative: bool = False) -> tuple[list[str], list[str]]:
     """The layout's image and mask folders as the user opened them (or relative to the root: the
     fingerprint, so moving or renaming a dataset keeps its identity and caches)."""
     def name(p: Path) -> str:
@@ -245,163 +244,19 @@ def _folders(layout: Layout, relative: bool = False) -> tuple[list[str], list[st
 
 def fingerprint(layout: Layout, folder: np.ndarray, image_names: Names, mask_names: Names) -> str:
     h = hashlib.sha1()
-    for part in _folders(layout, relative=True):
+    for part in layout_folders(layout, relative=True):
         h.update("\0".join(part).encode() + b"\1")
     for a in (np.ascontiguousarray(folder).tobytes(), image_names.blob, mask_names.blob):
         h.update(len(a).to_bytes(8, "little") + a)
     return h.hexdigest()[:16]
 
 
-def _make_index(layout: Layout, strategy: str, folder, images, masks, ok, skipped, n_found) -> Index:
+def make_index(layout: Layout, strategy: str, folder, images, masks, ok, skipped, n_found) -> Index:
     folder = np.array(folder, np.int16)
     image_names, mask_names = Names.from_list(images), Names.from_list(masks)
     rows = np.flatnonzero(ok) if ok is not None else np.arange(len(folder))
-    return Index(SampleList(*_folders(layout), folder, image_names, mask_names, rows), skipped,
+    return Index(SampleList(*layout_folders(layout), folder, image_names, mask_names, rows), skipped,
                  fingerprint(layout, folder, image_names, mask_names), strategy, n_found=n_found)
-
-
-# ---------------------------------------------------------------- the manifest strategy
-
-def _relative(layout: Layout, path: str) -> str:
-    return os.path.relpath(path, layout.root)
-
-
-def _from_manifest(layout: Layout, meta: dict, a: dict, path: Path) -> Index:
-    # paths from the layout as opened now: the dataset may have moved, or be opened from another cwd
-    samples = SampleList(*_folders(layout), a["folder"], Names(a["image_blob"].tobytes(), a["image_starts"]),
-                         Names(a["mask_blob"].tobytes(), a["mask_starts"]), a["rows"])
-    scan_skipped = [tuple(x) for x in meta["scan_skipped"]]
-    skipped = [(os.path.join(layout.root, p), r) for p, r in scan_skipped]
-    skipped += [(os.path.join(layout.root, b["path"]), b["reason"]) for b in meta["bad"]]
-    return Index(samples, skipped, meta["fingerprint"], "manifest", "manifest", path, meta["n_found"],
-                 a["checked"].copy(), list(meta["bad"]), scan_skipped)
-
-
-def _save(layout: Layout, index: Index, dirs: np.ndarray) -> Path | None:
-    if not np.array_equal(dirs, manifest.dir_state(layout)):
-        log.info("folders changed during the scan; not writing a manifest")
-        return None
-    s = index.samples
-    meta = {"fingerprint": index.fingerprint, "n_found": index.n_found, "scan_skipped": index.scan_skipped,
-            "bad": index.bad}
-    arrays = {"dirs": dirs, "folder": s.folder, "rows": s.rows, "checked": index.checked,
-              "image_blob": np.frombuffer(s.image_names.blob, np.uint8), "image_starts": s.image_names.starts,
-              "mask_blob": np.frombuffer(s.mask_names.blob, np.uint8), "mask_starts": s.mask_names.starts}
-    return manifest.save(layout, meta, arrays)
-
-
-def _drop_bad(layout: Layout, index: Index, records: list[dict]) -> bool:
-    """Drop the pairs of files known bad whose (size, mtime) still match; True if anything changed.
-
-    A record whose file changed since (fixed, or replaced) is forgotten: the file gets checked again.
-    """
-    s, known = index.samples, {b["path"] for b in index.bad}
-    dirs = [(f, role, os.path.normpath(d)) for role, ds in (("image", s.image_dirs), ("mask", s.mask_dirs))
-            for f, d in enumerate(ds)]
-    kept = np.zeros(len(s.folder), bool)
-    kept[s.rows] = True
-    where, changed = None, False
-    for rec in records:
-        if rec.get("path") in known:
-            continue
-        full = os.path.normpath(os.path.join(layout.root, rec["path"]))
-        try:
-            st = os.stat(full)
-        except OSError:
-            continue
-        if (st.st_size, st.st_mtime_ns) != (rec.get("size"), rec.get("mtime_ns")):
-            continue
-        if where is None:   # (folder, role, name) -> candidate row, built only when needed
-            folders = s.folder.tolist()
-            where = {(f, "image", n): r for r, (f, n) in enumerate(zip(folders, s.image_names.tolist()))}
-            where.update(((f, "mask", n), r) for r, (f, n) in enumerate(zip(folders, s.mask_names.tolist())))
-        parent, name = os.path.split(full)
-        for f, role, d in dirs:
-            r = where.get((f, role, name)) if d == parent else None
-            if r is not None and kept[r]:
-                kept[r] = False
-                index.bad.append({k: rec[k] for k in ("path", "reason", "size", "mtime_ns")})
-                index.skipped.append((full, rec["reason"]))
-                known.add(rec["path"])
-                changed = True
-    if changed:
-        s.rows = np.flatnonzero(kept)
-    return changed
-
-
-def _verify(layout: Layout, index: Index, workers: int) -> bool:
-    """The full integrity check of every kept pair not checked yet; bad files become known bad."""
-    s = index.samples
-    todo = s.rows[index.checked[s.rows] == 0].tolist()
-    if not todo:
-        return False
-    folder, images, masks = s.folder.tolist(), s.image_names.tolist(), s.mask_names.tolist()
-    fds = [(os.open(fp.image_dir, os.O_RDONLY), os.open(fp.mask_dir, os.O_RDONLY)) for fp in layout.folders]
-    try:
-        items = [(fds[folder[r]][0], images[r], fds[folder[r]][1], masks[r]) for r in todo]
-        results = _parallel_map(_check_chunk, items, workers)
-    finally:
-        for pair in fds:
-            for fd in pair:
-                os.close(fd)
-    index.checked[todo] = 1
-    records = []
-    for r, (isz, imt, ir, msz, mmt, mr) in zip(todo, results):
-        if ir is None and mr is None:
-            continue
-        image, mask = s.candidate(r)
-        if ir is not None:
-            records.append({"path": _relative(layout, image), "reason": ir, "size": isz, "mtime_ns": imt})
-        else:
-            records.append({"path": _relative(layout, mask), "reason": f"mask {mr}", "size": msz, "mtime_ns": mmt})
-    _drop_bad(layout, index, records)
-    return True
-
-
-def _carry_checked(index: Index, old: Index) -> None:
-    """After a re-listing, pairs the previous manifest had checked stay checked (new ones are not)."""
-    if old.checked is None or not old.checked.any():
-        return
-    o = old.samples
-    passed = np.zeros(len(o.folder), bool)
-    passed[o.rows] = old.checked[o.rows] > 0      # known-bad rows are not carried: they may have been fixed
-    done = {k for k, c in zip(zip(o.folder.tolist(), o.image_names.tolist(), o.mask_names.tolist()), passed) if c}
-    s = index.samples
-    keys = zip(s.folder.tolist(), s.image_names.tolist(), s.mask_names.tolist())
-    index.checked[:] = [k in done for k in keys]
-
-
-def _build_manifest(layout: Layout, rescan: bool, verify: bool, workers: int) -> Index:
-    loaded = None if rescan else manifest.load(layout)
-    learned = manifest.take_bad(layout)
-    if loaded is not None and not loaded[3]:
-        meta, arrays, path, _ = loaded
-        index, dirs, changed = _from_manifest(layout, meta, arrays, path), arrays["dirs"], False
-        if verify and index.bad:   # a plain re-open trusts the manifest; verify re-checks known bad files too
-            learned, changed = index.bad + learned, True
-            excluded = np.ones(len(index.samples.folder), bool)
-            excluded[index.samples.rows] = False
-            index.checked[excluded] = 0          # those still bad are dropped again below, unchecked
-            index.samples.rows = np.arange(len(excluded))
-            index.bad, index.skipped = [], [(os.path.join(layout.root, p), r) for p, r in index.scan_skipped]
-    else:
-        dirs = manifest.dir_state(layout)
-        folder, images, masks, skipped, n_found = _candidates(layout)
-        index = _make_index(layout, "manifest", folder, images, masks, None, skipped, n_found)
-        index.checked = np.zeros(len(folder), np.uint8)
-        index.scan_skipped = [(_relative(layout, p), r) for p, r in skipped]
-        changed = True
-        if loaded is not None:    # the folders changed: keep what the old manifest knew of unchanged files
-            old = _from_manifest(layout, *loaded[:3])
-            learned = old.bad + learned
-            _carry_checked(index, old)
-    if learned:
-        changed |= _drop_bad(layout, index, learned)
-    if verify:
-        changed |= _verify(layout, index, workers)
-    if changed:
-        index.manifest_path = _save(layout, index, dirs)
-    return index
 
 
 # ---------------------------------------------------------------- entry point
@@ -416,24 +271,13 @@ def build_index(layout: Layout, strategy: str = "manifest", rescan: bool = False
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown index strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "manifest":
-        index = _build_manifest(layout, rescan, verify, workers or min(4, 2 * (os.cpu_count() or 1)))
+        from foodlab.data.manifest import build_manifest   # manifest.py builds on this module's pieces
+        index = build_manifest(layout, rescan, verify, workers or min(4, 2 * (os.cpu_count() or 1)))
     else:
-        index = _make_index(layout, strategy, *(_index_stat(layout) if strategy == "stat" else _index_decode(layout)))
+        index = make_index(layout, strategy, *(_index_stat(layout) if strategy == "stat" else _index_decode(layout)))
     if check_bad:
         check_bad_fraction(index, layout.root)
     return index
-
-
-def remember_bad(index_manifest: Path | None, root, path: str, reason: str) -> None:
-    """Tell the manifest about a file found bad while loading, so later opens skip it."""
-    if index_manifest is None:
-        return
-    try:
-        st = os.stat(path)
-    except OSError:
-        return     # a vanished file changes its folder, so the next open re-lists anyway
-    manifest.append_bad(index_manifest, {"path": os.path.relpath(path, root), "reason": reason,
-                                         "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 
 def summarize_reasons(skipped: list[tuple[str, str]], examples: int = 3) -> str:

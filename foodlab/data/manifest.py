@@ -1,4 +1,7 @@
-"""The manifest file: a dataset's index written once, so that later opens take milliseconds.
+"""The ``manifest`` index strategy: a dataset's index written once, so that later opens take milliseconds.
+
+``build_manifest`` lists the folders (``index.list_candidates``) or loads the manifest, folds in
+the files learned bad since, optionally checks every file (``verify``), and writes the result.
 
 On disk: a magic line, an 8-byte header length, a JSON header (meta + each array's dtype, shape
 and offset), then the raw arrays. Not pickle (a manifest inside a downloaded dataset must not run
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from foodlab.data.index import (Index, Names, SampleList, check_chunk, layout_folders, list_candidates, make_index,
+                                parallel_map)
 from foodlab.data.layouts import Layout, default_cache_root
 
 log = logging.getLogger(__name__)
@@ -170,3 +175,159 @@ def remove(layout: Layout) -> None:
     for path in manifest_paths(layout):
         path.unlink(missing_ok=True)
         bad_log_path(path).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the manifest strategy (index.build_index)
+
+def _relative(layout: Layout, path: str) -> str:
+    return os.path.relpath(path, layout.root)
+
+
+def _from_manifest(layout: Layout, meta: dict, a: dict, path: Path) -> Index:
+    # paths from the layout as opened now: the dataset may have moved, or be opened from another cwd
+    samples = SampleList(*layout_folders(layout), a["folder"], Names(a["image_blob"].tobytes(), a["image_starts"]),
+                         Names(a["mask_blob"].tobytes(), a["mask_starts"]), a["rows"])
+    scan_skipped = [tuple(x) for x in meta["scan_skipped"]]
+    skipped = [(os.path.join(layout.root, p), r) for p, r in scan_skipped]
+    skipped += [(os.path.join(layout.root, b["path"]), b["reason"]) for b in meta["bad"]]
+    return Index(samples, skipped, meta["fingerprint"], "manifest", "manifest", path, meta["n_found"],
+                 a["checked"].copy(), list(meta["bad"]), scan_skipped)
+
+
+def _save(layout: Layout, index: Index, dirs: np.ndarray) -> Path | None:
+    if not np.array_equal(dirs, dir_state(layout)):
+        log.info("folders changed during the scan; not writing a manifest")
+        return None
+    s = index.samples
+    meta = {"fingerprint": index.fingerprint, "n_found": index.n_found, "scan_skipped": index.scan_skipped,
+            "bad": index.bad}
+    arrays = {"dirs": dirs, "folder": s.folder, "rows": s.rows, "checked": index.checked,
+              "image_blob": np.frombuffer(s.image_names.blob, np.uint8), "image_starts": s.image_names.starts,
+              "mask_blob": np.frombuffer(s.mask_names.blob, np.uint8), "mask_starts": s.mask_names.starts}
+    return save(layout, meta, arrays)
+
+
+def _drop_bad(layout: Layout, index: Index, records: list[dict]) -> bool:
+    """Drop the pairs of files known bad whose (size, mtime) still match; True if anything changed.
+
+    A record whose file changed since (fixed, or replaced) is forgotten: the file gets checked again.
+    """
+    s, known = index.samples, {b["path"] for b in index.bad}
+    dirs = [(f, role, os.path.normpath(d)) for role, ds in (("image", s.image_dirs), ("mask", s.mask_dirs))
+            for f, d in enumerate(ds)]
+    kept = np.zeros(len(s.folder), bool)
+    kept[s.rows] = True
+    where, changed = None, False
+    for rec in records:
+        if rec.get("path") in known:
+            continue
+        full = os.path.normpath(os.path.join(layout.root, rec["path"]))
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) != (rec.get("size"), rec.get("mtime_ns")):
+            continue
+        if where is None:   # (folder, role, name) -> candidate row, built only when needed
+            folders = s.folder.tolist()
+            where = {(f, "image", n): r for r, (f, n) in enumerate(zip(folders, s.image_names.tolist()))}
+            where.update(((f, "mask", n), r) for r, (f, n) in enumerate(zip(folders, s.mask_names.tolist())))
+        parent, name = os.path.split(full)
+        for f, role, d in dirs:
+            r = where.get((f, role, name)) if d == parent else None
+            if r is not None and kept[r]:
+                kept[r] = False
+                index.bad.append({k: rec[k] for k in ("path", "reason", "size", "mtime_ns")})
+                index.skipped.append((full, rec["reason"]))
+                known.add(rec["path"])
+                changed = True
+    if changed:
+        s.rows = np.flatnonzero(kept)
+    return changed
+
+
+def _verify(layout: Layout, index: Index, workers: int) -> bool:
+    """The full integrity check of every kept pair not checked yet; bad files become known bad."""
+    s = index.samples
+    todo = s.rows[index.checked[s.rows] == 0].tolist()
+    if not todo:
+        return False
+    folder, images, masks = s.folder.tolist(), s.image_names.tolist(), s.mask_names.tolist()
+    fds = [(os.open(fp.image_dir, os.O_RDONLY), os.open(fp.mask_dir, os.O_RDONLY)) for fp in layout.folders]
+    try:
+        items = [(fds[folder[r]][0], images[r], fds[folder[r]][1], masks[r]) for r in todo]
+        results = parallel_map(check_chunk, items, workers)
+    finally:
+        for pair in fds:
+            for fd in pair:
+                os.close(fd)
+    index.checked[todo] = 1
+    records = []
+    for r, (isz, imt, ir, msz, mmt, mr) in zip(todo, results):
+        if ir is None and mr is None:
+            continue
+        image, mask = s.candidate(r)
+        if ir is not None:
+            records.append({"path": _relative(layout, image), "reason": ir, "size": isz, "mtime_ns": imt})
+        else:
+            records.append({"path": _relative(layout, mask), "reason": f"mask {mr}", "size": msz, "mtime_ns": mmt})
+    _drop_bad(layout, index, records)
+    return True
+
+
+def _carry_checked(index: Index, old: Index) -> None:
+    """After a re-listing, pairs the previous manifest had checked stay checked (new ones are not)."""
+    if old.checked is None or not old.checked.any():
+        return
+    o = old.samples
+    passed = np.zeros(len(o.folder), bool)
+    passed[o.rows] = old.checked[o.rows] > 0      # known-bad rows are not carried: they may have been fixed
+    done = {k for k, c in zip(zip(o.folder.tolist(), o.image_names.tolist(), o.mask_names.tolist()), passed) if c}
+    s = index.samples
+    keys = zip(s.folder.tolist(), s.image_names.tolist(), s.mask_names.tolist())
+    index.checked[:] = [k in done for k in keys]
+
+
+def build_manifest(layout: Layout, rescan: bool, verify: bool, workers: int) -> Index:
+    loaded = None if rescan else load(layout)
+    learned = take_bad(layout)
+    if loaded is not None and not loaded[3]:
+        meta, arrays, path, _ = loaded
+        index, dirs, changed = _from_manifest(layout, meta, arrays, path), arrays["dirs"], False
+        if verify and index.bad:   # a plain re-open trusts the manifest; verify re-checks known bad files too
+            learned, changed = index.bad + learned, True
+            excluded = np.ones(len(index.samples.folder), bool)
+            excluded[index.samples.rows] = False
+            index.checked[excluded] = 0          # those still bad are dropped again below, unchecked
+            index.samples.rows = np.arange(len(excluded))
+            index.bad, index.skipped = [], [(os.path.join(layout.root, p), r) for p, r in index.scan_skipped]
+    else:
+        dirs = dir_state(layout)
+        folder, images, masks, skipped, n_found = list_candidates(layout)
+        index = make_index(layout, "manifest", folder, images, masks, None, skipped, n_found)
+        index.checked = np.zeros(len(folder), np.uint8)
+        index.scan_skipped = [(_relative(layout, p), r) for p, r in skipped]
+        changed = True
+        if loaded is not None:    # the folders changed: keep what the old manifest knew of unchanged files
+            old = _from_manifest(layout, *loaded[:3])
+            learned = old.bad + learned
+            _carry_checked(index, old)
+    if learned:
+        changed |= _drop_bad(layout, index, learned)
+    if verify:
+        changed |= _verify(layout, index, workers)
+    if changed:
+        index.manifest_path = _save(layout, index, dirs)
+    return index
+
+
+def remember_bad(index_manifest: Path | None, root, path: str, reason: str) -> None:
+    """Tell the manifest about a file found bad while loading, so later opens skip it."""
+    if index_manifest is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return     # a vanished file changes its folder, so the next open re-lists anyway
+    append_bad(index_manifest, {"path": os.path.relpath(path, root), "reason": reason,
+                                         "size": st.st_size, "mtime_ns": st.st_mtime_ns})
