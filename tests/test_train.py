@@ -352,3 +352,25 @@ def test_overlay_figure_puts_one_column_per_prediction_mode():
     modes = overlay_figure(images, target, {"lightweight head": target, "SAM2-refined": 1 - target}, max_images=2)
     assert len(modes.axes) == 2 * 4
     assert [ax.get_title() for ax in modes.axes[:4]] == ["image", "ground truth", "lightweight head", "SAM2-refined"]
+
+
+def test_holdout_is_drawn_over_candidates_so_a_bad_file_moves_nothing(tmp_path):
+    from foodlab.data import FoodSegDataset, generate_synthetic
+    from foodlab.train.setup import dataset_holdout
+
+    root = generate_synthetic(tmp_path / "d", 20, size=32, seed=0, classes=2, workers=1, progress=False)
+    ds = FoodSegDataset(root, image_size=32)
+    train, val = dataset_holdout(ds, 0.25, seed=3)
+    assert len(val) == 5 and sorted(train + val) == list(range(20))
+
+    def names(d, idx):
+        return {os.path.basename(d.samples[i][0]) for i in idx}
+
+    before_train, before_val = names(ds, train), names(ds, val)
+    victim = sorted(before_train)[0]
+    (root / "images" / victim).write_bytes(b"")
+    ds[[os.path.basename(p) for p, _ in ds.samples].index(victim)]    # found bad at load, remembered
+    again = FoodSegDataset(root, image_size=32)
+    assert len(again) == 19
+    train2, val2 = dataset_holdout(again, 0.25, seed=3)
+    assert names(again, val2) == before_val and names(again, train2) == before_train - {victim}

@@ -25,6 +25,21 @@ def holdout_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     return perm[n_val:], perm[:n_val]
 
 
+def dataset_holdout(ds, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``holdout_split`` drawn over the index's candidate pairs, not the kept samples: a file found bad
+    (and skipped from the next open on) then leaves every other image on the same side of the split."""
+    rows = getattr(getattr(ds, "samples", None), "rows", None)
+    if rows is None:
+        return holdout_split(len(ds), val_fraction, seed)
+    _, val_rows = holdout_split(len(ds.samples.folder), val_fraction, seed)
+    is_val = np.zeros(len(ds.samples.folder), bool)
+    is_val[val_rows] = True
+    val = np.flatnonzero(is_val[rows]).tolist()
+    if not val and len(ds) > 1 and val_fraction > 0:    # every held-out pair was bad: hold out by index
+        return holdout_split(len(ds), val_fraction, seed)
+    return np.flatnonzero(~is_val[rows]).tolist(), val
+
+
 def _own_val_split(root, data_cfg: DataConfig) -> str | None:
     """'val'/'test' when the root has a train split and one of those (and no other split was asked for)."""
     from foodlab.data.layouts import LayoutError, resolve_layout
@@ -54,7 +69,7 @@ def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
         train_ds = FoodSegDataset(root, split="train", augment=data_cfg.augment, **kw)
         return train_ds, FoodSegDataset(root, split=own_val, augment=False, **kw), train_ds
     full = FoodSegDataset(root, split=data_cfg.split, augment=data_cfg.augment, **kw)
-    train_idx, val_idx = holdout_split(len(full), val_fraction, seed)
+    train_idx, val_idx = dataset_holdout(full, val_fraction, seed)
     plain = FoodSegDataset(root, split=data_cfg.split, augment=False, **kw) if data_cfg.augment else full
     log.info("seeded holdout: %d train / %d val images", len(train_idx), len(val_idx))
     return Subset(full, train_idx), Subset(plain, val_idx), full
