@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from foodlab.data.index import BAD_FRACTION_LIMIT, DatasetError, build_index, end_marker_problem, summarize_reasons
-from foodlab.data.manifest import remember_bad
 from foodlab.data.layouts import resolve_layout
+from foodlab.data.manifest import remember_bad
 
 log = logging.getLogger(__name__)
 

@@ -330,4 +330,4 @@ def remember_bad(index_manifest: Path | None, root, path: str, reason: str) -> N
     except OSError:
         return     # a vanished file changes its folder, so the next open re-lists anyway
     append_bad(index_manifest, {"path": os.path.relpath(path, root), "reason": reason,
-                                         "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+                                "size": st.st_size, "mtime_ns": st.st_mtime_ns})
