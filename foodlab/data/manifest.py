@@ -188,10 +188,25 @@ def _from_manifest(layout: Layout, meta: dict, a: dict, path: Path) -> Index:
     samples = SampleList(*layout_folders(layout), a["folder"], Names(a["image_blob"].tobytes(), a["image_starts"]),
                          Names(a["mask_blob"].tobytes(), a["mask_starts"]), a["rows"])
     scan_skipped = [tuple(x) for x in meta["scan_skipped"]]
-    skipped = [(os.path.join(layout.root, p), r) for p, r in scan_skipped]
-    skipped += [(os.path.join(layout.root, b["path"]), b["reason"]) for b in meta["bad"]]
-    return Index(samples, skipped, meta["fingerprint"], "manifest", "manifest", path, meta["n_found"],
-                 a["checked"].copy(), list(meta["bad"]), scan_skipped)
+    return Index(samples, _skipped(layout, scan_skipped, meta["bad"]), meta["fingerprint"], "manifest", "manifest",
+                 path, meta["n_found"], a["checked"].copy(), list(meta["bad"]), scan_skipped)
+
+
+def _skipped(layout: Layout, scan_skipped: list, bad: list[dict]) -> list[tuple[str, str]]:
+    """(path as opened now, reason): what the listing skipped, then the files known bad."""
+    return ([(os.path.join(layout.root, p), r) for p, r in scan_skipped]
+            + [(os.path.join(layout.root, b["path"]), b["reason"]) for b in bad])
+
+
+def _forget_bad(layout: Layout, index: Index) -> list[dict]:
+    """Put the known-bad pairs back, unchecked, and return their records to be judged again."""
+    records = index.bad
+    excluded = np.ones(len(index.samples.folder), bool)
+    excluded[index.samples.rows] = False
+    index.checked[excluded] = 0
+    index.samples.rows = np.arange(len(excluded))
+    index.bad, index.skipped = [], _skipped(layout, index.scan_skipped, [])
+    return records
 
 
 def _save(layout: Layout, index: Index, dirs: np.ndarray) -> Path | None:
@@ -295,12 +310,7 @@ def build_manifest(layout: Layout, rescan: bool, verify: bool, workers: int) -> 
         meta, arrays, path, _ = loaded
         index, dirs, changed = _from_manifest(layout, meta, arrays, path), arrays["dirs"], False
         if verify and index.bad:   # a plain re-open trusts the manifest; verify re-checks known bad files too
-            learned, changed = index.bad + learned, True
-            excluded = np.ones(len(index.samples.folder), bool)
-            excluded[index.samples.rows] = False
-            index.checked[excluded] = 0          # those still bad are dropped again below, unchecked
-            index.samples.rows = np.arange(len(excluded))
-            index.bad, index.skipped = [], [(os.path.join(layout.root, p), r) for p, r in index.scan_skipped]
+            learned, changed = _forget_bad(layout, index) + learned, True   # those still bad are dropped again
     else:
         dirs = dir_state(layout)
         folder, images, masks, skipped, n_found = list_candidates(layout)
