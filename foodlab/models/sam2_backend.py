@@ -37,7 +37,7 @@ _warned_random = False
 
 __all__ = [
     "MODEL_CONFIGS", "NEG_LOGIT", "prompts_from_mask", "prompts_for_batch", "assemble_logits", "build_sam2_model",
-    "load_sam2_checkpoint", "preprocess", "encode", "decode", "sam2_logits", "decoder_logits", "embed_dataset",
+    "load_sam2_checkpoint", "set_trainable", "preprocess", "encode", "decode", "sam2_logits", "decoder_logits", "embed_dataset",
     "EmbeddingDataset",
 ]
 
@@ -67,6 +67,27 @@ def build_sam2_model(model_type: str = "tiny", checkpoint: str | Path | None = N
         log.warning("SAM2 %s has random weights (no --sam2-checkpoint): fine for speed/memory, "
                     "meaningless for quality", model_type)
     return model.to(resolve_device(device)).eval()
+
+
+def set_trainable(sam: nn.Module, *, image_encoder: bool, cached_features: bool = False) -> list[nn.Parameter]:
+    """The one rule for which SAM2 parts train; returns the parameters that now require grad.
+
+    Always: the prompt encoder and the mask decoder. On fresh features (``cached_features`` False)
+    also ``no_mem_embed`` and, when ``image_encoder``, the Hiera image encoder. On cached features
+    (``foodlab embed``) ``conv_s0``/``conv_s1`` and ``no_mem_embed`` were applied before caching,
+    so they stay frozen with the encoder. Video-only parts (memory attention/encoder) never train.
+    """
+    if cached_features and image_encoder:
+        raise ValueError("the image encoder cannot train on cached features")
+    sam.requires_grad_(False)
+    sam.sam_prompt_encoder.requires_grad_(True)
+    for name, p in sam.sam_mask_decoder.named_parameters():
+        p.requires_grad_(not (cached_features and name.startswith(("conv_s0", "conv_s1"))))
+    if not cached_features:
+        sam.no_mem_embed.requires_grad_(True)
+        if image_encoder:
+            sam.image_encoder.requires_grad_(True)
+    return [p for p in sam.parameters() if p.requires_grad]
 
 
 def load_sam2_checkpoint(model: nn.Module, path: str | Path, model_type: str = "?") -> None:
