@@ -1,4 +1,4 @@
-"""FoodSegDataset: outputs, image formats, bad samples and on_bad modes, cache, loader, init benchmark."""
+"""FoodSegDataset: outputs, image formats, bad samples and on_bad modes, cache, loader."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from foodlab.data import BadSample, DatasetError, FoodSegDataset, generate_synthetic, make_loader
-from foodlab.data.loader import default_num_workers
+from foodlab.data.dataset import BadSample, FoodSegDataset
+from foodlab.data.loader import default_num_workers, make_loader
+from foodlab.data.synth import generate_synthetic
+from foodlab.data.validity import DatasetError
 
 
 @pytest.fixture
@@ -272,16 +274,3 @@ def test_loader_with_workers_reports_bad_files_from_workers(pairs, tmp_path):
     assert ds.cache.filled() == 9                       # workers filled the shared cache
     assert len(FoodSegDataset(pairs, image_size=32)) == 9   # and remembered: skipped at the next open
 
-
-def test_init_time_smoke():
-    from foodlab.bench import init_time
-
-    records = init_time.run(scale="smoke")
-    assert [r["variant"] for r in records] == ["decode", "stat", "manifest_verify", "manifest_first_open",
-                                               "manifest_reopen"]
-    assert all(r["metrics"]["images"] == 300 and r["metrics"]["init_s"] > 0 for r in records)
-    assert records[0]["params"]["extrapolated_from"] == 100
-    table = init_time.format_table(records)
-    assert "extrapolated from 100" in table and "manifest_reopen" in table
-    import json
-    json.dumps(records)

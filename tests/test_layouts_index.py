@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from foodlab.data import index as index_mod
-from foodlab.data import manifest as manifest_mod
-from foodlab.data.index import DatasetError, build_index, check_file
-from foodlab.data.manifest import manifest_paths
+from foodlab.data.dataset import FoodSegDataset
+from foodlab.data.index import build_index
 from foodlab.data.layouts import LayoutError, detect_layout, resolve_layout
+from foodlab.data.manifest import manifest_paths
 from foodlab.data.synth import generate_synthetic
+from foodlab.data.validity import DatasetError, check_file
 
 
 @pytest.fixture
@@ -189,16 +189,34 @@ def test_corrupt_manifest_is_rebuilt(pairs):
     assert idx.source == "scan" and len(idx.samples) == 12
 
 
-def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path):
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)`` makes ``folder`` refuse new files: chmod, or (as root, whom chmod does not
+    stop) an ``os.replace`` that fails there the way it does on a read-only mount."""
+    modes = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            modes.append((folder, folder.stat().st_mode))
+            folder.chmod(0o555)
+            return
+        real = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if os.path.dirname(os.path.abspath(dst)) == str(folder):
+                raise PermissionError(13, "Read-only file system", str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    yield make
+    for folder, mode in modes:
+        folder.chmod(mode)
+
+
+def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path, read_only):
     monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
-    real = manifest_mod.write_atomic
-
-    def refuse_data_folder(path, *args):
-        if path.parent == pairs:
-            raise PermissionError(13, "Permission denied")
-        return real(path, *args)
-
-    monkeypatch.setattr(manifest_mod, "write_atomic", refuse_data_folder)
+    read_only(pairs)
     lay = resolve_layout(pairs)
     first = build_index(lay, "manifest")
     assert first.manifest_path.is_relative_to(tmp_path / "cache" / "manifests")
@@ -215,8 +233,6 @@ def test_samples_pickle_and_slice(pairs):
 
 
 def test_uecfoodpix_mask_red_channel(tmp_path):
-    from foodlab.data import FoodSegDataset
-
     root = make_uec(tmp_path / "uec", n=3, size=32)
     ds = FoodSegDataset(root, split="train", image_size=32, num_classes=10)
     assert ds.layout.name == "uecfoodpix" and len(ds) == 3
@@ -224,23 +240,28 @@ def test_uecfoodpix_mask_red_channel(tmp_path):
     assert mask[:16].unique().tolist() == [2] and mask[16:].unique().tolist() == [0]
 
 
-def test_incremental_verify_checks_only_new_files(pairs, monkeypatch):
+def _truncate_keeping_stamp(path):
+    """Cut ``path`` in half in place and give it back its mtime: unchanged as far as stat can tell."""
+    st = path.stat()
+    path.write_bytes(path.read_bytes()[: st.st_size // 2])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_incremental_verify_checks_only_new_files(pairs):
     lay = resolve_layout(pairs)
     first = build_index(lay, "manifest", verify=True)
     _tick()
     jpg = (pairs / "images" / "000000.jpg").read_bytes()
     (pairs / "images" / "new.jpg").write_bytes(jpg[: len(jpg) // 2])          # truncated newcomer
     (pairs / "masks" / "new.png").write_bytes((pairs / "masks" / "000000.png").read_bytes())
-    checked = []
-    real = index_mod.check_file
-    monkeypatch.setattr(index_mod, "check_file", lambda name, dir_fd=None: checked.append(name) or real(name, dir_fd))
+    _truncate_keeping_stamp(pairs / "images" / "000005.jpg")                 # checked before: not read again
     again = build_index(lay, "manifest", verify=True)
-    assert again.source == "scan" and sorted(checked) == ["new.jpg", "new.png"]
-    assert len(again.samples) == 12 and "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
+    assert again.source == "scan" and len(again.samples) == 12
+    assert "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
     assert list(again.samples) == list(first.samples)
-    checked.clear()
-    assert len(build_index(lay, "manifest", verify=True).samples) == 12 and checked == []   # all known
-    assert len(build_index(lay, "manifest", rescan=True, verify=True).samples) == 12 and len(checked) == 26
+    assert len(build_index(lay, "manifest", verify=True).samples) == 12      # all known: nothing re-read
+    full = build_index(lay, "manifest", rescan=True, verify=True)             # a fresh listing checks everything
+    assert len(full.samples) == 11 and str(pairs / "images" / "000005.jpg") in dict(full.skipped)
 
 
 def test_odd_file_names(pairs):
@@ -263,8 +284,6 @@ def test_odd_file_names(pairs):
 def test_moved_dataset_or_other_cwd_reuses_its_manifest_with_current_paths(pairs, tmp_path, monkeypatch):
     """A renamed dataset (folder inodes/mtimes unchanged) or one opened via a relative path from another
     working directory must list files where they are now, not where the manifest was written from."""
-    from foodlab.data import FoodSegDataset
-
     monkeypatch.chdir(pairs.parent)
     first = FoodSegDataset(pairs.name, image_size=32)          # relative path, manifest written
     moved = pairs.parent / "renamed"

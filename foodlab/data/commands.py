@@ -49,8 +49,9 @@ def _info(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from foodlab.data.index import DatasetError, build_index
+    from foodlab.data.index import build_index
     from foodlab.data.layouts import LayoutError, resolve_layout
+    from foodlab.data.validity import DatasetError, check_bad_fraction
 
     try:
         layout = resolve_layout(args.root, args.layout, args.split)
@@ -80,7 +81,6 @@ def _info(args: argparse.Namespace) -> int:
     if len(index.skipped) > 50:
         print(f"  ... and {len(index.skipped) - 50} more")
     try:
-        from foodlab.data.index import check_bad_fraction
         check_bad_fraction(index, layout.root)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)

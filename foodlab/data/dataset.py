@@ -2,11 +2,11 @@
 
 Opening is cheap (see ``index.py``); decoding happens lazily in ``__getitem__``. A bad
 sample never crashes training by default: ``on_bad="resample"`` returns a deterministic
-alternate valid sample and records the bad file; ``"dummy"`` returns a blank sample (the
-original pipeline's behaviour); ``"raise"`` fails naming the file and the reason.
+alternate valid sample and records the bad file; ``"dummy"`` returns a blank sample (all
+background); ``"raise"`` fails naming the file and the reason.
 
 Every load checks what the default index does not check up front (size, the JPEG/PNG end
-marker) on the bytes it has just read, so the check is free. A file found bad is remembered in
+marker: ``validity.py``) on the bytes it has just read, so the check reads nothing extra. A file found bad is remembered in
 the manifest (``manifest.remember_bad``) and skipped at index time by every later open. A dataset
 where most loaded samples are bad raises ``DatasetError`` instead of training on the rest.
 
@@ -29,14 +29,16 @@ import cv2
 import numpy as np
 import torch
 
-from foodlab.data.index import BAD_FRACTION_LIMIT, DatasetError, build_index, end_marker_problem, summarize_reasons
+from foodlab.data.index import build_index
 from foodlab.data.layouts import resolve_layout
 from foodlab.data.manifest import remember_bad
+from foodlab.data.validity import BAD_FRACTION_LIMIT, DatasetError, end_marker_problem, summarize_reasons
+from foodlab.errors import UsageError
+from foodlab.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 ON_BAD = ("resample", "dummy", "raise")
-IGNORE_INDEX = 255
 MAX_RESAMPLE_TRIES = 20
 MIN_LOADED_FOR_FRACTION = 200   # loaded samples before the bad fraction is judged (or all of them)
 
@@ -108,9 +110,9 @@ class FoodSegDataset(torch.utils.data.Dataset):
                  image_size: int = 512, num_classes: int = 1, on_bad: str = "resample", cache=None,
                  augment: bool = False, rescan: bool = False, verify: bool = False):
         if on_bad not in ON_BAD:
-            raise ValueError(f"unknown on_bad {on_bad!r}; choose one of {', '.join(ON_BAD)}")
+            raise UsageError(f"unknown on_bad {on_bad!r}; choose one of {', '.join(ON_BAD)}")
         if num_classes < 1:
-            raise ValueError("num_classes must be >= 1")
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         self.root, self.split = Path(root), split
         self.image_size, self.num_classes = int(image_size), int(num_classes)
         self.on_bad, self.augment = on_bad, augment
@@ -184,7 +186,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
                 i = self._alternate(i, attempt)
         else:
             raise DatasetError(f"{MAX_RESAMPLE_TRIES} consecutive bad samples while resampling; "
-                               f"the dataset looks mostly broken:\n{summarize_reasons(self.bad_files())}")
+                               f"the dataset looks mostly broken: {summarize_reasons(self.bad_files())}")
         if not self._loaded_ok[i]:
             self._loaded_ok[i] = True
             self._n_ok += 1
@@ -239,7 +241,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
         n = n_bad + self._n_ok
         if self.on_bad != "raise" and n >= min(MIN_LOADED_FOR_FRACTION, len(self)) and n_bad > BAD_FRACTION_LIMIT * n:
             raise DatasetError(f"{self.root}: {n_bad} of the {n} samples loaded so far are bad (more than "
-                               f"{BAD_FRACTION_LIMIT:.0%}); refusing to train on the rest. Reasons:\n"
+                               f"{BAD_FRACTION_LIMIT:.0%}); refusing to train on the rest. Reasons: "
                                f"{summarize_reasons(self.bad_files())}")
 
     def bad_files(self) -> list[tuple[str, str]]:

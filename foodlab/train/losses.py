@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from foodlab.labels import IGNORE_INDEX
 
 
 def dice_loss(probs: torch.Tensor, onehot: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
