@@ -25,8 +25,9 @@ def add_commands(sub) -> None:
     p.add_argument("--index", default="manifest", choices=("decode", "stat", "manifest"))
     p.add_argument("--rescan", action="store_true", help="ignore an existing manifest")
     p.add_argument("--verify", action="store_true",
-                   help="check every file's size and JPEG/PNG end marker now (manifest index; by default a file "
-                        "is checked when first loaded) and remember the bad ones, so later opens skip them")
+                   help="check every file's content now (format from its magic bytes, JPEG/PNG structure, a decode "
+                        "for other formats; manifest index; by default a file is checked when first loaded) and "
+                        "remember the bad ones, so later opens skip them")
     p.set_defaults(func=_info)
 
 
@@ -70,7 +71,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"samples:  {len(index.samples)} kept of {index.n_found} images found")
     if index.strategy == "manifest":
         n_checked = int(index.checked[index.samples.rows].sum()) if len(index.samples) else 0
-        print(f"checked:  {n_checked} of {len(index.samples)} pairs had their end markers checked at index time"
+        print(f"checked:  {n_checked} of {len(index.samples)} pairs had their content checked at index time"
               + ("" if n_checked == len(index.samples) else
                  "; the rest are checked when loaded (run with --verify to check them all now)"))
     print(f"skipped:  {len(index.skipped)}")

@@ -5,8 +5,9 @@ sample never crashes training by default: ``on_bad="resample"`` returns a determ
 alternate valid sample and records the bad file; ``"dummy"`` returns a blank sample (all
 background); ``"raise"`` fails naming the file and the reason.
 
-Every load checks what the default index does not check up front (size, the JPEG/PNG end
-marker: ``validity.py``) on the bytes it has just read, so the check reads nothing extra. A file found bad is remembered in
+Every load runs the content check the default index leaves for later (``validity.check_bytes``:
+format from the magic bytes, JPEG/PNG structure, a complete decode) on the bytes it has just read,
+so the check reads nothing extra. A file found bad is remembered in
 the manifest (``manifest.remember_bad``) and skipped at index time by every later open. A dataset
 where most loaded samples are bad raises ``DatasetError`` instead of training on the rest.
 
@@ -32,7 +33,7 @@ import torch
 from foodlab.data.index import build_index
 from foodlab.data.layouts import resolve_layout
 from foodlab.data.manifest import remember_bad
-from foodlab.data.validity import BAD_FRACTION_LIMIT, DatasetError, end_marker_problem, summarize_reasons
+from foodlab.data.validity import BAD_FRACTION_LIMIT, DatasetError, check_bytes, read_problem, summarize_reasons
 from foodlab.errors import UsageError
 from foodlab.labels import IGNORE_INDEX
 
@@ -49,25 +50,26 @@ class BadSample(Exception):
         self.path, self.reason = str(path), reason
 
 
+def _read_checked(path: str, flags: int, what: str) -> np.ndarray:
+    """Read ``path`` and run the content check on its bytes, keeping the decode; raises BadSample."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        problem = read_problem(path, e)
+        raise BadSample(path, f"missing {what}" if problem == "missing file" else f"{what} {problem}") from None
+    checked = check_bytes(data, flags)
+    if checked.problem is not None:
+        raise BadSample(path, checked.problem if what == "image" else f"{what} {checked.problem}")
+    return checked.image
+
+
 def read_image(path) -> np.ndarray:
-    """Decode to uint8 RGB (H,W,3), honouring EXIF orientation; grayscale, RGBA and 16-bit handled.
+    """Decode to uint8 RGB (H,W,3), honouring EXIF orientation; grayscale, RGBA, CMYK and 16-bit handled.
 
     ``IMREAD_ANYDEPTH | IMREAD_ANYCOLOR`` keeps 16-bit and grayscale data and, unlike
     ``IMREAD_UNCHANGED``, still applies the EXIF orientation tag.
     """
-    path = str(path)
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as e:
-        raise BadSample(path, f"unreadable: {e.strerror or e}") from None
-    if data.size == 0:
-        raise BadSample(path, "empty file (0 bytes)")
-    problem = end_marker_problem(path, data[-32:].tobytes())   # free: the bytes are in memory
-    if problem:
-        raise BadSample(path, problem)
-    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None:
-        raise BadSample(path, "not an image or corrupt (cv2 cannot decode it)")
+    img = _read_checked(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "image")
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) * (255 / 65535) + 0.5).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -81,15 +83,7 @@ def read_image(path) -> np.ndarray:
 
 def read_mask(path: str, channel: str | None = None) -> np.ndarray:
     """Class ids (H,W): the red channel for UECFoodPix (cv2 gives BGR, so index 2), else the first."""
-    data = np.fromfile(path, np.uint8) if os.path.exists(path) else None
-    if data is None:
-        raise BadSample(path, "missing mask")
-    problem = end_marker_problem(path, data[-32:].tobytes()) if data.size else "empty file (0 bytes)"
-    if problem:
-        raise BadSample(path, f"mask {problem}")
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise BadSample(path, "mask is not an image or corrupt")
+    mask = _read_checked(str(path), cv2.IMREAD_UNCHANGED, "mask")
     if mask.ndim == 3:
         mask = mask[..., 2] if channel == "red" else mask[..., 0]
     return mask
@@ -102,8 +96,8 @@ class FoodSegDataset(torch.utils.data.Dataset):
     ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data made with
     ``classes=8`` use ``num_classes=9``. Images are squashed to ``image_size`` squared (area/bilinear),
     masks resized nearest-neighbour. ``cache``: a folder (or True for the default) for the decoded
-    cache (``cache.py``). ``rescan=True`` ignores an existing manifest. ``verify=True`` checks every
-    file's size and end marker now (an open and a read per file) instead of as each is loaded.
+    cache (``cache.py``). ``rescan=True`` ignores an existing manifest. ``verify=True`` runs the content
+    check on every file now (an open and a read per file) instead of as each is loaded.
     """
 
     def __init__(self, root, split: str | None = None, layout: str = "auto", index: str = "manifest",

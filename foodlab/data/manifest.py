@@ -130,6 +130,21 @@ def load(layout: Layout) -> StoredManifest | None:
 
 # ---------------------------------------------------------------- files learned bad while loading
 
+def file_stamp(path: str) -> os.stat_result | None:
+    """The stat of ``path``, or of the link itself when it is a broken symbolic link; None if it is gone.
+
+    A broken link is remembered by its own stamp; once its target exists the stamp differs, so the
+    file is checked again.
+    """
+    try:
+        return os.stat(path)
+    except OSError:
+        try:
+            return os.lstat(path)
+        except OSError:
+            return None
+
+
 def bad_log_path(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.name + ".bad")
 
@@ -241,9 +256,8 @@ def _drop_bad(layout: Layout, index: Index, records: list[dict]) -> bool:
         if rec.get("path") in known:
             continue
         full = os.path.normpath(os.path.join(layout.root, rec["path"]))
-        try:
-            st = os.stat(full)
-        except OSError:
+        st = file_stamp(full)
+        if st is None:
             continue
         if (st.st_size, st.st_mtime_ns) != (rec.get("size"), rec.get("mtime_ns")):
             continue
@@ -281,7 +295,7 @@ def _parallel_map(fn, items: list, workers: int) -> list:
 
 
 def _verify(layout: Layout, index: Index, workers: int) -> bool:
-    """The full integrity check of every kept pair not checked yet; bad files become known bad."""
+    """The content check of every kept pair not checked yet; bad files become known bad, good pairs checked."""
     s = index.samples
     todo = s.rows[index.checked[s.rows] == 0].tolist()
     if not todo:
@@ -295,10 +309,10 @@ def _verify(layout: Layout, index: Index, workers: int) -> bool:
         for pair in fds:
             for fd in pair:
                 os.close(fd)
-    index.checked[todo] = 1
     records = []
     for r, (isz, imt, ir, msz, mmt, mr) in zip(todo, results):
         if ir is None and mr is None:
+            index.checked[r] = 1
             continue
         image, mask = s.candidate(r)
         if ir is not None:
@@ -355,9 +369,8 @@ def remember_bad(manifest_path: Path | None, root, path: str, reason: str) -> No
     """Tell the manifest at ``manifest_path`` about a file found bad while loading, so later opens skip it."""
     if manifest_path is None:
         return
-    try:
-        st = os.stat(path)
-    except OSError:
+    st = file_stamp(path)
+    if st is None:
         return     # a vanished file changes its folder, so the next open re-lists anyway
     append_bad(manifest_path, {"path": os.path.relpath(path, root), "reason": reason,
                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})
