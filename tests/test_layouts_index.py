@@ -207,6 +207,28 @@ def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path,
     assert build_index(lay, "manifest").source == "manifest"
 
 
+def test_stale_manifest_in_read_only_folder_is_passed_over(pairs, monkeypatch, tmp_path, read_only):
+    """A dataset copied or mounted read-only together with its (now stale) manifest: the fresh manifest in
+    the cache dir wins, and files learned bad stay remembered at every open."""
+    monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
+    lay = resolve_layout(pairs)
+    assert build_index(lay, "manifest").manifest_path.parent == pairs
+    _tick()
+    for sub, ext in (("images", "jpg"), ("masks", "png")):    # the folders change after the manifest was written
+        (pairs / sub / f"extra.{ext}").write_bytes((pairs / sub / f"000000.{ext}").read_bytes())
+    jpg = pairs / "images" / "000003.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:300])
+    read_only(pairs)
+    ds = FoodSegDataset(pairs, image_size=32)
+    assert len(ds) == 13 and ds.manifest_path.is_relative_to(tmp_path / "cache")
+    for i in range(len(ds)):
+        ds[i]
+    assert [os.path.basename(p) for p, _ in ds.bad_files()] == ["000003.jpg"]
+    reopened = [FoodSegDataset(pairs, image_size=32) for _ in range(4)]
+    assert [len(r) for r in reopened] == [12, 12, 12, 12]
+    assert all(r.index_source == "manifest" and "000003.jpg" in str(r.skipped) for r in reopened)
+
+
 def test_samples_pickle_and_slice(pairs):
     import pickle
 

@@ -110,22 +110,36 @@ class StoredManifest(NamedTuple):
 
 
 def load(layout: Layout) -> StoredManifest | None:
-    """The first readable manifest of this version; None if there is none."""
+    """The newest current manifest of this version from either place, else the newest stale one; None
+    if there is none.
+
+    A manifest that cannot be rewritten (a read-only dataset copied or mounted together with its
+    manifest) must not win over the fresher one in the cache dir, or what was learned since (files
+    found bad) would be forgotten at every other open.
+    """
     try:
         dirs = dir_state(layout)
     except OSError:
         return None
+    found = []
     for path in manifest_paths(layout):
         try:
-            meta, arrays = read(path)
-        except FileNotFoundError:
+            found.append((os.stat(path).st_mtime_ns, path))
+        except OSError:
             continue
+    stale = None
+    for _, path in sorted(found, reverse=True):
+        try:
+            meta, arrays = read(path)
         except (OSError, ValueError, KeyError) as e:
             log.debug("manifest %s unreadable: %s", path, e)
             continue
-        if meta.get("version") == VERSION:
-            return StoredManifest(meta, arrays, path, current=np.array_equal(arrays["dirs"], dirs))
-    return None
+        if meta.get("version") != VERSION:
+            continue
+        if np.array_equal(arrays["dirs"], dirs):
+            return StoredManifest(meta, arrays, path, current=True)
+        stale = stale or StoredManifest(meta, arrays, path, current=False)
+    return stale
 
 
 # ---------------------------------------------------------------- files learned bad while loading
