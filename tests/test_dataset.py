@@ -180,7 +180,7 @@ def test_mostly_bad_at_load_fails_loudly(pairs):
     for i in range(7):
         (pairs / "images" / f"{i:06d}.jpg").write_bytes(b"")
     ds = FoodSegDataset(pairs, image_size=32)
-    with pytest.raises(DatasetError, match=r"(?s)7 of the 12 samples loaded so far are bad.*empty file"):
+    with pytest.raises(DatasetError, match=r"(?s)7 of the 12 images seen so far are bad.*empty file"):
         for i in range(len(ds)):
             ds[i]
     with pytest.raises(DatasetError, match="7 of 12 images are bad"):
@@ -189,6 +189,22 @@ def test_mostly_bad_at_load_fails_loudly(pairs):
         (pairs / "images" / f"{i:06d}.jpg").write_bytes((pairs / "images" / "000007.jpg").read_bytes())
     fixed = FoodSegDataset(pairs, image_size=32, on_bad="dummy", verify=True)
     assert len(fixed) == 11 and all(fixed[i][0].std() > 0 for i in range(len(fixed)))
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_mostly_bad_fails_by_the_end_of_the_first_epoch(tmp_path, workers):
+    """15 of 24 images truncated, a holdout and drop_last leave samples unloaded, workers load the rest:
+    the epoch-end check still sees every worker's loads and fails with the reasons."""
+    root = generate_synthetic(tmp_path / "d", 24, size=32, seed=0, classes=3, workers=1, progress=False)
+    for i in range(15):
+        path = root / "images" / f"{i:06d}.jpg"
+        path.write_bytes(path.read_bytes()[:200])
+    ds = FoodSegDataset(root, image_size=32, on_bad="dummy")
+    loader = make_loader(torch.utils.data.Subset(ds, list(range(2, 22))), batch_size=6, device="cpu",
+                         num_workers=workers, drop_last=True, seed=0)
+    assert sum(len(images) for images, _ in loader) == 18      # too few loads for loading to judge by itself
+    with pytest.raises(DatasetError, match=r"of the 18 images seen so far are bad .*Reasons: 1\d x truncated JPEG"):
+        ds.check_bad_fraction()
 
 
 @pytest.mark.parametrize("strategy", ["decode", "stat", "manifest"])

@@ -11,19 +11,16 @@ so the check reads nothing extra. A file found bad is remembered in
 the manifest (``manifest.remember_bad``) and skipped at index time by every later open. A dataset
 where most loaded samples are bad raises ``DatasetError`` instead of training on the rest.
 
-Worker caveat: with DataLoader workers every worker holds its own copy of the dataset, so
-files found bad inside a worker are not in the main process's ``ds.skipped``; they are
-appended to a small log file that ``bad_report()`` reads back, so the report is complete.
+DataLoader workers each hold a copy of the dataset; what any of them finds (bad files, which
+samples loaded) goes through a shared ``LoadState`` (``load_state.py``), so ``bad_report()`` and
+``check_bad_fraction()`` in the main process see every worker's loads.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
-import tempfile
 import threading
-import uuid
 from pathlib import Path
 
 import cv2
@@ -32,6 +29,7 @@ import torch
 
 from foodlab.data.index import build_index
 from foodlab.data.layouts import resolve_layout
+from foodlab.data.load_state import BAD, LOADED, LoadState
 from foodlab.data.manifest import remember_bad
 from foodlab.data.validity import BAD_FRACTION_LIMIT, DatasetError, check_bytes, read_problem, summarize_reasons
 from foodlab.errors import UsageError
@@ -41,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ON_BAD = ("resample", "dummy", "raise")
 MAX_RESAMPLE_TRIES = 20
-MIN_LOADED_FOR_FRACTION = 200   # loaded samples before the bad fraction is judged (or all of them)
+MIN_LOADED_FOR_FRACTION = 200   # samples loaded before loading judges the bad fraction by itself (or all of them)
 
 
 class BadSample(Exception):
@@ -116,11 +114,9 @@ class FoodSegDataset(torch.utils.data.Dataset):
         self.samples, self.fingerprint, self.manifest_path = idx.samples, idx.fingerprint, idx.manifest_path
         self.skipped: list[tuple[str, str]] = list(idx.skipped)
         self._n_index_skipped = len(idx.skipped)
-        self._bad: set[int] = set()
-        self._loaded_ok, self._n_ok = np.zeros(len(self.samples), bool), 0   # for the load-time bad fraction
+        self._n_index_bad = idx.n_found - len(idx.samples)    # images found but not kept at index time
+        self._load = LoadState(len(self.samples))              # shared with DataLoader workers
         self._lock = threading.Lock()
-        self._bad_log = os.path.join(tempfile.gettempdir(), f"foodlab_bad_{uuid.uuid4().hex}.log")
-        self._bad_log_owner = (os.getpid(), id(self))     # only this object removes the log
         self.cache = None
         if cache:
             from foodlab.data.cache import DecodedCache
@@ -166,25 +162,25 @@ class FoodSegDataset(torch.utils.data.Dataset):
         i = int(i)
         if i < 0:
             i += len(self)
+        wanted = i
         for attempt in range(MAX_RESAMPLE_TRIES + 1):
-            try:
-                img, labels = self._get_arrays(i)
-                break
-            except BadSample as e:
-                self._record_bad(i, e)
-                if self.on_bad == "raise":
-                    raise BadSample(e.path, e.reason) from None
-                if self.on_bad == "dummy":
-                    s = self.image_size
-                    return torch.zeros(3, s, s), torch.zeros(s, s, dtype=torch.int64)
-                i = self._alternate(i, attempt)
+            if attempt == 0 or not self._load.is_bad(i):     # a stand-in known bad is not read again
+                try:
+                    img, labels = self._get_arrays(i)
+                    break
+                except BadSample as e:
+                    self._record_bad(i, e)
+                    if self.on_bad == "raise":
+                        raise BadSample(e.path, e.reason) from None
+                    if self.on_bad == "dummy":
+                        s = self.image_size
+                        return torch.zeros(3, s, s), torch.zeros(s, s, dtype=torch.int64)
+            i = self._alternate(wanted, attempt)
         else:
             raise DatasetError(f"{MAX_RESAMPLE_TRIES} consecutive bad samples while resampling; "
                                f"the dataset looks mostly broken: {summarize_reasons(self.bad_files())}")
-        if not self._loaded_ok[i]:
-            self._loaded_ok[i] = True
-            self._n_ok += 1
-            self._check_bad_fraction()
+        if self._load.mark(i, LOADED):
+            self._judge_bad_fraction(final=False)
         if self.augment and torch.rand(()) < 0.5:
             img, labels = img[:, ::-1], labels[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
@@ -203,50 +199,47 @@ class FoodSegDataset(torch.utils.data.Dataset):
         return img, labels
 
     def _alternate(self, i: int, attempt: int) -> int:
-        """A deterministic stand-in for bad sample ``i`` that is not known to be bad."""
-        n = len(self)
-        rng = random.Random(i * 1_000_003 + attempt)
-        for _ in range(8):
-            j = rng.randrange(n)
-            if j not in self._bad:
-                return j
-        return rng.randrange(n)
+        """The stand-in for bad sample ``i`` at ``attempt``: a function of the two alone, so every process
+        and every run resamples alike, whatever else it already knows to be bad."""
+        return random.Random(i * 1_000_003 + attempt).randrange(len(self))
 
     # ------------------------------------------------------------ bad-file bookkeeping
 
     def _record_bad(self, i: int, e: BadSample) -> None:
         with self._lock:
-            first = i not in self._bad
-            self._bad.add(i)
+            first = self._load.mark(i, BAD)
             if first:
                 self.skipped.append((e.path, e.reason))
         if not first:
             return
         log.warning("bad sample %s: %s", e.path, e.reason)
         remember_bad(self.manifest_path, self.layout.root, e.path, e.reason)
-        if torch.utils.data.get_worker_info() is not None:   # let the main process see it
-            with open(self._bad_log, "a") as f:
-                f.write(f"{e.path}\t{e.reason}\n")
-        self._check_bad_fraction()
+        self._load.log_bad(e.path, e.reason)      # every process's finds, for the report and the judgement
+        self._judge_bad_fraction(final=False)
 
-    def _check_bad_fraction(self) -> None:
-        """Most samples loaded so far bad (once enough were loaded): fail instead of training on the rest."""
-        n_bad = len(self._bad)
-        n = n_bad + self._n_ok
-        if self.on_bad != "raise" and n >= min(MIN_LOADED_FOR_FRACTION, len(self)) and n_bad > BAD_FRACTION_LIMIT * n:
-            raise DatasetError(f"{self.root}: {n_bad} of the {n} samples loaded so far are bad (more than "
+    def check_bad_fraction(self) -> None:
+        """Raise DatasetError (with the reasons) when more than half of the images seen so far are bad.
+
+        Counts every load in every process (DataLoader workers included) plus the images skipped when
+        the dataset was opened. Loading judges this by itself once enough samples were loaded; a
+        training loop calls it at each epoch's end, so a mostly-bad dataset fails within its first
+        epoch even when ``drop_last`` or a holdout leaves some samples unloaded.
+        """
+        self._judge_bad_fraction(final=True)
+
+    def _judge_bad_fraction(self, final: bool) -> None:
+        n_ok, n_load_bad = self._load.counts()
+        n_bad, n = self._n_index_bad + n_load_bad, self._n_index_bad + n_ok + n_load_bad
+        if not final and (self.on_bad == "raise" or n_ok + n_load_bad < min(MIN_LOADED_FOR_FRACTION, len(self))):
+            return
+        if n_bad > BAD_FRACTION_LIMIT * n:
+            raise DatasetError(f"{self.root}: {n_bad} of the {n} images seen so far are bad (more than "
                                f"{BAD_FRACTION_LIMIT:.0%}); refusing to train on the rest. Reasons: "
                                f"{summarize_reasons(self.bad_files())}")
 
     def bad_files(self) -> list[tuple[str, str]]:
-        """Every (path, reason) skipped: at index time, at load time here, and in DataLoader workers."""
-        seen = list(self.skipped)
-        try:
-            with open(self._bad_log) as f:
-                seen += [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
-        except OSError:
-            pass
-        return list(dict.fromkeys(seen))
+        """Every (path, reason) skipped: at index time, and at load time here and in DataLoader workers."""
+        return list(dict.fromkeys(self.skipped + self._load.logged_bad()))
 
     def bad_report(self) -> dict:
         files = self.bad_files()
@@ -256,10 +249,3 @@ class FoodSegDataset(torch.utils.data.Dataset):
             "reasons": dict(collections.Counter(r for _, r in files)),
             "files": [{"path": p, "reason": r} for p, r in files],
         }
-
-    def __del__(self):
-        try:
-            if getattr(self, "_bad_log_owner", None) == (os.getpid(), id(self)):
-                Path(self._bad_log).unlink(missing_ok=True)
-        except Exception:
-            pass
