@@ -229,6 +229,25 @@ def test_stale_manifest_in_read_only_folder_is_passed_over(pairs, monkeypatch, t
     assert all(r.index_source == "manifest" and "000003.jpg" in str(r.skipped) for r in reopened)
 
 
+def test_broken_symlinks_are_remembered_like_any_bad_file(pairs):
+    link = pairs / "images" / "000004.jpg"
+    link.unlink()
+    link.symlink_to(pairs / "images" / "gone.jpg")
+    ds = FoodSegDataset(pairs, image_size=32)                   # names only: the link is listed
+    assert len(ds) == 12
+    for i in range(len(ds)):
+        ds[i]
+    assert dict(ds.bad_files()) == {str(link): "broken symbolic link (its target does not exist)"}
+    for _ in range(2):                                          # remembered: skipped at every later open
+        again = FoodSegDataset(pairs, image_size=32, on_bad="raise")
+        assert len(again) == 11 and str(link) in dict(again.skipped)
+    lay = resolve_layout(pairs)
+    verified = build_index(lay, "manifest", rescan=True, verify=True)   # what `foodlab data info --verify` runs
+    assert len(verified.samples) == 11 and "broken symbolic link" in dict(verified.skipped)[str(link)]
+    assert int(verified.checked.sum()) == 11                    # the link is not counted as checked
+    assert len(build_index(lay, "manifest").samples) == 11
+
+
 def test_samples_pickle_and_slice(pairs):
     import pickle
 

@@ -50,14 +50,15 @@ class BadSample(Exception):
 
 def _read_checked(path: str, flags: int, what: str) -> np.ndarray:
     """Read ``path`` and run the content check on its bytes, keeping the decode; raises BadSample."""
+    prefix = "" if what == "image" else f"{what} "
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
         problem = read_problem(path, e)
-        raise BadSample(path, f"missing {what}" if problem == "missing file" else f"{what} {problem}") from None
+        raise BadSample(path, f"missing {what}" if problem == "missing file" else prefix + problem) from None
     checked = check_bytes(data, flags)
     if checked.problem is not None:
-        raise BadSample(path, checked.problem if what == "image" else f"{what} {checked.problem}")
+        raise BadSample(path, prefix + checked.problem)
     return checked.image
 
 
