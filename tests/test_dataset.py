@@ -42,6 +42,34 @@ def test_multiclass_ids_and_ignore_index(pairs):
     assert np.array_equal(few, np.where(raw >= 2, 255, raw))
 
 
+def test_all_ignore_mask_is_named_once(pairs, caplog):
+    cv2.imwrite(str(pairs / "masks" / "000004.png"), np.full((64, 64), 255, np.uint8))
+    ds = FoodSegDataset(pairs, image_size=32, num_classes=5)
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        _, mask = ds[4]
+        ds[4]
+    assert (mask == 255).all()
+    named = [r.getMessage() for r in caplog.records if "000004.png" in r.getMessage()]
+    assert len(named) == 1 and "adds nothing to the loss" in named[0]
+
+
+def test_class_ids_beyond_num_classes_warn_once(pairs, caplog):
+    raw = [cv2.imread(str(pairs / "masks" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) for i in range(3)]
+    ds = FoodSegDataset(pairs, image_size=64, num_classes=2)
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        for i in range(len(ds)):
+            ds[i]
+    warnings = [r.getMessage() for r in caplog.records if "num_classes=2" in r.getMessage()]
+    assert len(warnings) == 1
+    first = next(m for m in raw if (m >= 2).any())
+    ids = sorted(set(first[first >= 2].tolist()))
+    assert f"class ids {ids} ({int((first >= 2).sum())} pixels)" in warnings[0]
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        caplog.clear()
+        FoodSegDataset(pairs, image_size=64, num_classes=5)[0]   # ids 0..4 all fit: nothing to say
+    assert not [r for r in caplog.records if "num_classes" in r.getMessage()]
+
+
 def test_foodseg103_layout(tmp_path):
     root = generate_synthetic(tmp_path / "fs", 10, size=32, layout="foodseg103", workers=1, progress=False)
     assert len(FoodSegDataset(root, image_size=32)) == 10

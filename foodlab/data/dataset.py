@@ -117,6 +117,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
         self._n_index_skipped = len(idx.skipped)
         self._n_index_bad = idx.n_found - len(idx.samples)    # images found but not kept at index time
         self._load = LoadState(len(self.samples))              # shared with DataLoader workers
+        self._warned_class_ids = False
         self._lock = threading.Lock()
         self.cache = None
         if cache:
@@ -152,12 +153,24 @@ class FoodSegDataset(torch.utils.data.Dataset):
             shrink = img.shape[0] > s and img.shape[1] > s
             img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
-        return img, self._labels(mask)
+        return img, self._labels(mask, mask_path)
 
-    def _labels(self, mask: np.ndarray) -> np.ndarray:
+    def _labels(self, mask: np.ndarray, mask_path: str) -> np.ndarray:
+        """Class ids as training sees them; ids the model has no class for become IGNORE_INDEX, and the
+        first mask that has any is named in a warning (once across all processes): a 104-class mask
+        read with ``num_classes=8`` is a mistake worth seeing, not a silent loss of most labels."""
         if self.num_classes == 1:
             return (mask > 0).astype(np.uint8)
-        return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
+        beyond = mask >= self.num_classes
+        unknown = beyond & (mask != IGNORE_INDEX)
+        if not self._warned_class_ids and unknown.any():
+            self._warned_class_ids = True
+            if self._load.once("class-ids"):
+                ids = np.unique(mask[unknown]).tolist()
+                log.warning("mask %s has class ids %s (%d pixels) >= num_classes=%d; they are ignored in training "
+                            "(does num_classes count every class of this dataset plus the background?); "
+                            "warned once", mask_path, ids, int(unknown.sum()), self.num_classes)
+        return np.where(beyond, IGNORE_INDEX, mask).astype(np.uint8)
 
     def __getitem__(self, i: int):
         i = int(i)
@@ -182,6 +195,9 @@ class FoodSegDataset(torch.utils.data.Dataset):
                                f"the dataset looks mostly broken: {summarize_reasons(self.bad_files())}")
         if self._load.mark(i, LOADED):
             self._judge_bad_fraction(final=False)
+        if self.num_classes > 1 and not (labels != IGNORE_INDEX).any() and self._load.once(f"no-labels.{i}"):
+            log.warning("mask %s: every pixel is %d (ignore), so the sample adds nothing to the loss",
+                        self.samples[i][1], IGNORE_INDEX)
         if self.augment and torch.rand(()) < 0.5:
             img, labels = img[:, ::-1], labels[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
