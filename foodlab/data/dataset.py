@@ -21,12 +21,13 @@ import collections
 import logging
 import random
 import threading
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import cv2
 import numpy as np
 import torch
 
+from foodlab.data.candidates import layout_folders
 from foodlab.data.index import build_index
 from foodlab.data.layouts import resolve_layout
 from foodlab.data.load_state import BAD, LOADED, LoadState
@@ -128,6 +129,13 @@ class FoodSegDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def relative_paths(self) -> list[str]:
+        """Each sample's image path relative to the dataset root, with ``/`` separators: a name for the
+        file that survives moving the dataset (``split.holdout`` hashes it)."""
+        dirs = [PurePath(d).as_posix() for d in layout_folders(self.layout, relative=True)[0]]
+        s = self.samples
+        return [f"{dirs[int(s.folder[r])]}/{s.image_names[int(r)]}" for r in s.rows]
 
     def __getstate__(self):
         state = self.__dict__.copy()
