@@ -153,6 +153,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
         img_path, mask_path = self.samples[i]
         img = read_image(img_path)
         mask = read_mask(mask_path, self.layout.mask_channel)
+        self._warn_unknown_ids(mask, mask_path)
         if mask.shape[:2] != img.shape[:2]:
             raise BadSample(mask_path, f"mask size {mask.shape[1]}x{mask.shape[0]} != "
                                        f"image size {img.shape[1]}x{img.shape[0]}")
@@ -161,24 +162,27 @@ class FoodSegDataset(torch.utils.data.Dataset):
             shrink = img.shape[0] > s and img.shape[1] > s
             img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (s, s), interpolation=cv2.INTER_NEAREST)
-        return img, self._labels(mask, mask_path)
+        return img, self._labels(mask)
 
-    def _labels(self, mask: np.ndarray, mask_path: str) -> np.ndarray:
-        """Class ids as training sees them; ids the model has no class for become IGNORE_INDEX, and the
-        first mask that has any is named in a warning (once across all processes): a 104-class mask
-        read with ``num_classes=8`` is a mistake worth seeing, not a silent loss of most labels."""
-        if self.num_classes == 1:
-            return (mask > 0).astype(np.uint8)
-        beyond = mask >= self.num_classes
-        unknown = beyond & (mask != IGNORE_INDEX)
-        if not self._warned_class_ids and unknown.any():
+    def _warn_unknown_ids(self, mask: np.ndarray, mask_path: str) -> None:
+        """Name the first mask with class ids >= num_classes (once across all processes): training ignores
+        those pixels, and a 104-class mask read with ``num_classes=8`` is a mistake worth seeing."""
+        if self.num_classes == 1 or self._warned_class_ids:
+            return
+        unknown = (mask >= self.num_classes) & (mask != IGNORE_INDEX)
+        if unknown.any():
             self._warned_class_ids = True
             if self._load.once("class-ids"):
-                ids = np.unique(mask[unknown]).tolist()
                 log.warning("mask %s has class ids %s (%d pixels) >= num_classes=%d; they are ignored in training "
                             "(does num_classes count every class of this dataset plus the background?); "
-                            "warned once", mask_path, ids, int(unknown.sum()), self.num_classes)
-        return np.where(beyond, IGNORE_INDEX, mask).astype(np.uint8)
+                            "warned once", mask_path, np.unique(mask[unknown]).tolist(), int(unknown.sum()),
+                            self.num_classes)
+
+    def _labels(self, mask: np.ndarray) -> np.ndarray:
+        """Class ids as training sees them: ids the model has no class for become IGNORE_INDEX."""
+        if self.num_classes == 1:
+            return (mask > 0).astype(np.uint8)
+        return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
 
     def __getitem__(self, i: int):
         i = int(i)

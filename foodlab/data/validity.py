@@ -12,8 +12,9 @@ A file is judged by its content, never by its name: the magic bytes say the form
 - Every other format OpenCV reads (WebP, BMP, TIFF, ...), and anything unrecognised: a complete
   decode decides.
 
-A JPEG cut in half still decodes with OpenCV (the missing part comes out grey), which is why
-JPEG and PNG are judged by their structure. ``check_bytes`` is the one judgement: every load
+``cv2.imread`` returns a full-size array for a JPEG cut in half (the missing part comes out
+grey), so a decode cannot be the judge for JPEG; JPEG and PNG are judged by their structure,
+which also needs no decode when ``verify`` checks every file up front. ``check_bytes`` is the one judgement: every load
 runs it on the bytes it has read (and keeps the decoded pixels), ``check_file`` runs it for
 ``verify=True`` and ``foodlab data info --verify``.
 
