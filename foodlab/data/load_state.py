@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -27,8 +28,10 @@ class LoadState:
         self.folder, self.n = tempfile.mkdtemp(prefix="foodlab_load_"), int(n)
         with open(os.path.join(self.folder, "states.u8"), "wb") as f:
             f.truncate(max(1, self.n))
-        self._owner = (os.getpid(), id(self))      # only this object, in this process, removes the folder
         self._states = None
+        # removed when this object is collected or the interpreter exits; copies in forked workers
+        # (another pid) and unpickled copies (no finalizer) leave it alone
+        weakref.finalize(self, _remove_own, self.folder, os.getpid())
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -80,9 +83,7 @@ class LoadState:
         except OSError:
             return True                            # scratch folder gone: rather warn twice than never
 
-    def __del__(self):
-        try:
-            if getattr(self, "_owner", None) == (os.getpid(), id(self)):
-                shutil.rmtree(self.folder, ignore_errors=True)
-        except Exception:
-            pass
+
+def _remove_own(folder: str, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
