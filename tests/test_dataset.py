@@ -42,9 +42,23 @@ def test_multiclass_ids_and_ignore_index(pairs):
     assert np.array_equal(few, np.where(raw >= 2, 255, raw))
 
 
-def test_all_ignore_mask_is_named_once(pairs, caplog):
+def test_binary_keeps_ignore_index(pairs, tmp_path):
+    raw = np.zeros((64, 64), np.uint8)
+    raw[:16], raw[16:32], raw[32:48] = 3, 255, 200     # food, ignore, food with a large id; rest background
+    cv2.imwrite(str(pairs / "masks" / "000002.png"), raw)
+    want = np.where(raw == 255, 255, (raw > 0).astype(np.uint8))
+    assert np.array_equal(FoodSegDataset(pairs, image_size=64)[2][1].numpy(), want)
+    small = FoodSegDataset(pairs, image_size=32)[2][1].numpy()          # nearest-neighbour resize
+    assert set(np.unique(small).tolist()) == {0, 1, 255} and (small[8:16] == 255).all()
+    cached = FoodSegDataset(pairs, image_size=64, cache=tmp_path / "cache")
+    assert np.array_equal(cached[2][1].numpy(), want) and cached.cache.filled() == 1
+    assert np.array_equal(cached[2][1].numpy(), want)                   # served from the cache
+
+
+@pytest.mark.parametrize("num_classes", [1, 5])
+def test_all_ignore_mask_is_named_once(pairs, caplog, num_classes):
     cv2.imwrite(str(pairs / "masks" / "000004.png"), np.full((64, 64), 255, np.uint8))
-    ds = FoodSegDataset(pairs, image_size=32, num_classes=5)
+    ds = FoodSegDataset(pairs, image_size=32, num_classes=num_classes)
     with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
         _, mask = ds[4]
         ds[4]

@@ -34,7 +34,9 @@ class DecodedCache:
     @classmethod
     def for_dataset(cls, ds, base: str | Path | None = None) -> "DecodedCache":
         base = Path(base) if base is not None else default_cache_root() / "decoded"
-        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}_v2"
+        # the _v suffix names the label mapping: bumped when it changes, so labels stored under an
+        # older mapping are never served
+        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}_v3"
         return cls(folder, len(ds.samples.folder), ds.image_size)
 
     def _shapes(self) -> dict:

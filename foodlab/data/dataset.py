@@ -92,10 +92,11 @@ def read_mask(path: str, channel: str | None = None) -> np.ndarray:
 class FoodSegDataset(torch.utils.data.Dataset):
     """Image/mask pairs under ``root`` (layouts: see ``layouts.py``; index strategies: see ``index.py``).
 
-    ``num_classes`` counts the background: 1 gives a binary food mask (class id > 0); C > 1 keeps
-    ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data made with
-    ``classes=8`` use ``num_classes=9``. Images are squashed to ``image_size`` squared (area/bilinear),
-    masks resized nearest-neighbour. ``cache``: a folder (or True for the default) for the decoded
+    ``num_classes`` counts the background: 1 gives a binary food mask (0 background, 1 food for any
+    other id); C > 1 keeps ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data
+    made with ``classes=8`` use ``num_classes=9``. Pixels that are IGNORE_INDEX in the mask file stay
+    IGNORE_INDEX in either mode: they mark "unknown", which the loss and the metrics skip, not food.
+    Images are squashed to ``image_size`` squared (area/bilinear), masks resized nearest-neighbour. ``cache``: a folder (or True for the default) for the decoded
     cache (``cache.py``). ``rescan=True`` ignores an existing manifest. ``verify=True`` runs the content
     check on every file now (an open and a read per file) instead of as each is loaded.
     """
@@ -179,9 +180,10 @@ class FoodSegDataset(torch.utils.data.Dataset):
                             self.num_classes)
 
     def _labels(self, mask: np.ndarray) -> np.ndarray:
-        """Class ids as training sees them: ids the model has no class for become IGNORE_INDEX."""
+        """Class ids as training sees them: ids the model has no class for become IGNORE_INDEX, and
+        IGNORE_INDEX stays IGNORE_INDEX (binary too: an unlabelled pixel is not food)."""
         if self.num_classes == 1:
-            return (mask > 0).astype(np.uint8)
+            return np.where(mask == IGNORE_INDEX, IGNORE_INDEX, mask > 0).astype(np.uint8)
         return np.where(mask >= self.num_classes, IGNORE_INDEX, mask).astype(np.uint8)
 
     def __getitem__(self, i: int):
@@ -207,7 +209,7 @@ class FoodSegDataset(torch.utils.data.Dataset):
                                f"the dataset looks mostly broken: {summarize_reasons(self.bad_files())}")
         if self._load.mark(i, LOADED):
             self._judge_bad_fraction(final=False)
-        if self.num_classes > 1 and not (labels != IGNORE_INDEX).any() and self._load.once(f"no-labels.{i}"):
+        if not (labels != IGNORE_INDEX).any() and self._load.once(f"no-labels.{i}"):
             log.warning("mask %s: every pixel is %d (ignore), so the sample adds nothing to the loss",
                         self.samples[i][1], IGNORE_INDEX)
         if self.augment and torch.rand(()) < 0.5:
