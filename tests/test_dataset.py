@@ -1,4 +1,4 @@
-"""FoodSegDataset: outputs, image formats, bad samples and on_bad modes, cache, loader, init benchmark."""
+"""FoodSegDataset: outputs, image formats, bad samples and on_bad modes, cache, loader."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from foodlab.data import BadSample, DatasetError, FoodSegDataset, generate_synthetic, make_loader
-from foodlab.data.loader import default_num_workers
+from foodlab.data.dataset import BadSample, FoodSegDataset
+from foodlab.data.loader import default_num_workers, make_loader
+from foodlab.data.synth import generate_synthetic
+from foodlab.data.validity import DatasetError
 
 
 @pytest.fixture
@@ -38,6 +40,48 @@ def test_multiclass_ids_and_ignore_index(pairs):
     assert np.array_equal(full, raw)                                  # same size: ids unchanged
     few = FoodSegDataset(pairs, image_size=64, num_classes=2)[0][1].numpy()
     assert np.array_equal(few, np.where(raw >= 2, 255, raw))
+
+
+def test_binary_keeps_ignore_index(pairs, tmp_path):
+    raw = np.zeros((64, 64), np.uint8)
+    raw[:16], raw[16:32], raw[32:48] = 3, 255, 200     # food, ignore, food with a large id; rest background
+    cv2.imwrite(str(pairs / "masks" / "000002.png"), raw)
+    want = np.where(raw == 255, 255, (raw > 0).astype(np.uint8))
+    assert np.array_equal(FoodSegDataset(pairs, image_size=64)[2][1].numpy(), want)
+    small = FoodSegDataset(pairs, image_size=32)[2][1].numpy()          # nearest-neighbour resize
+    assert set(np.unique(small).tolist()) == {0, 1, 255} and (small[8:16] == 255).all()
+    cached = FoodSegDataset(pairs, image_size=64, cache=tmp_path / "cache")
+    assert np.array_equal(cached[2][1].numpy(), want) and cached.cache.filled() == 1
+    assert np.array_equal(cached[2][1].numpy(), want)                   # served from the cache
+
+
+@pytest.mark.parametrize("num_classes", [1, 5])
+def test_all_ignore_mask_is_named_once(pairs, caplog, num_classes):
+    cv2.imwrite(str(pairs / "masks" / "000004.png"), np.full((64, 64), 255, np.uint8))
+    ds = FoodSegDataset(pairs, image_size=32, num_classes=num_classes)
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        _, mask = ds[4]
+        ds[4]
+    assert (mask == 255).all()
+    named = [r.getMessage() for r in caplog.records if "000004.png" in r.getMessage()]
+    assert len(named) == 1 and "adds nothing to the loss" in named[0]
+
+
+def test_class_ids_beyond_num_classes_warn_once(pairs, caplog):
+    raw = [cv2.imread(str(pairs / "masks" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) for i in range(3)]
+    ds = FoodSegDataset(pairs, image_size=64, num_classes=2)
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        for i in range(len(ds)):
+            ds[i]
+    warnings = [r.getMessage() for r in caplog.records if "num_classes=2" in r.getMessage()]
+    assert len(warnings) == 1
+    first = next(m for m in raw if (m >= 2).any())
+    ids = sorted(set(first[first >= 2].tolist()))
+    assert f"class ids {ids} ({int((first >= 2).sum())} pixels)" in warnings[0]
+    with caplog.at_level("WARNING", logger="foodlab.data.dataset"):
+        caplog.clear()
+        FoodSegDataset(pairs, image_size=64, num_classes=5)[0]   # ids 0..4 all fit: nothing to say
+    assert not [r for r in caplog.records if "num_classes" in r.getMessage()]
 
 
 def test_foodseg103_layout(tmp_path):
@@ -95,7 +139,7 @@ def test_on_bad_resample_records_and_is_deterministic(pairs):
     assert image.std() > 0                                          # a real sample, not a blank one
     ds[5], ds[7]
     reasons = dict(ds.skipped)
-    assert "not a JPEG" in reasons[str(pairs / "images" / "000002.jpg")]
+    assert "not an image" in reasons[str(pairs / "images" / "000002.jpg")]
     assert reasons[str(pairs / "masks" / "000005.png")] == "mask size 50x40 != image size 64x64"
     assert "IEND" in reasons[str(pairs / "masks" / "000007.png")]
     report = ds.bad_report()
@@ -107,7 +151,7 @@ def test_on_bad_dummy_and_raise(pairs):
     image, mask = FoodSegDataset(pairs, index="stat", image_size=32, on_bad="dummy")[2]
     assert image.shape == (3, 32, 32) and image.abs().sum() == 0 and mask.sum() == 0
     ds = FoodSegDataset(pairs, index="stat", image_size=32, on_bad="raise")
-    with pytest.raises(BadSample, match="000002.jpg.*not a JPEG"):
+    with pytest.raises(BadSample, match="000002.jpg.*not an image"):
         ds[2]
     with pytest.raises(BadSample, match="000005.png: mask size 50x40 != image size 64x64"):
         ds[5]
@@ -133,7 +177,7 @@ def test_bad_files_found_when_loaded_are_skipped_at_index_time_afterwards(pairs)
         assert image.std() > 0                         # resampled, never a truncated or blank sample
     reasons = {os.path.basename(p): r for p, r in ds.skipped}
     assert "FF D9" in reasons["000001.jpg"] and "empty" in reasons["000004.jpg"]
-    assert reasons["000008.png"] == "mask truncated or not a PNG (no IEND chunk)"
+    assert reasons["000008.png"] == "mask truncated PNG (no IEND chunk)"
     assert ds.bad_report()["bad_at_load"] == 3
     again = FoodSegDataset(pairs, image_size=32, on_bad="raise")   # remembered: skipped before any load
     assert again.index_source == "manifest" and len(again) == 8
@@ -168,7 +212,7 @@ def test_all_bad_at_load_fails_loudly(pairs):
         ds = FoodSegDataset(pairs, index=index, image_size=32)
         with pytest.raises(DatasetError, match="bad"):
             ds[0]
-    with pytest.raises(DatasetError, match=r"(?s)no valid image/mask pairs.*12 x truncated"):
+    with pytest.raises(DatasetError, match=r"(?s)no valid image/mask pairs.*12 x not an image"):
         FoodSegDataset(pairs, verify=True)
     with pytest.raises(DatasetError, match="no valid image/mask pairs"):
         FoodSegDataset(pairs)                          # what loading found is remembered
@@ -178,7 +222,7 @@ def test_mostly_bad_at_load_fails_loudly(pairs):
     for i in range(7):
         (pairs / "images" / f"{i:06d}.jpg").write_bytes(b"")
     ds = FoodSegDataset(pairs, image_size=32)
-    with pytest.raises(DatasetError, match=r"(?s)7 of the 12 samples loaded so far are bad.*empty file"):
+    with pytest.raises(DatasetError, match=r"(?s)7 of the 12 images seen so far are bad.*empty file"):
         for i in range(len(ds)):
             ds[i]
     with pytest.raises(DatasetError, match="7 of 12 images are bad"):
@@ -187,6 +231,22 @@ def test_mostly_bad_at_load_fails_loudly(pairs):
         (pairs / "images" / f"{i:06d}.jpg").write_bytes((pairs / "images" / "000007.jpg").read_bytes())
     fixed = FoodSegDataset(pairs, image_size=32, on_bad="dummy", verify=True)
     assert len(fixed) == 11 and all(fixed[i][0].std() > 0 for i in range(len(fixed)))
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_mostly_bad_fails_by_the_end_of_the_first_epoch(tmp_path, workers):
+    """15 of 24 images truncated, a holdout and drop_last leave samples unloaded, workers load the rest:
+    the epoch-end check still sees every worker's loads and fails with the reasons."""
+    root = generate_synthetic(tmp_path / "d", 24, size=32, seed=0, classes=3, workers=1, progress=False)
+    for i in range(15):
+        path = root / "images" / f"{i:06d}.jpg"
+        path.write_bytes(path.read_bytes()[:200])
+    ds = FoodSegDataset(root, image_size=32, on_bad="dummy")
+    loader = make_loader(torch.utils.data.Subset(ds, list(range(2, 22))), batch_size=6, device="cpu",
+                         num_workers=workers, drop_last=True, seed=0)
+    assert sum(len(images) for images, _ in loader) == 18      # too few loads for loading to judge by itself
+    with pytest.raises(DatasetError, match=r"of the 18 images seen so far are bad .*Reasons: 1\d x truncated JPEG"):
+        ds.check_bad_fraction()
 
 
 @pytest.mark.parametrize("strategy", ["decode", "stat", "manifest"])
@@ -272,16 +332,3 @@ def test_loader_with_workers_reports_bad_files_from_workers(pairs, tmp_path):
     assert ds.cache.filled() == 9                       # workers filled the shared cache
     assert len(FoodSegDataset(pairs, image_size=32)) == 9   # and remembered: skipped at the next open
 
-
-def test_init_time_smoke():
-    from foodlab.bench import init_time
-
-    records = init_time.run(scale="smoke")
-    assert [r["variant"] for r in records] == ["decode", "stat", "manifest_verify", "manifest_first_open",
-                                               "manifest_reopen"]
-    assert all(r["metrics"]["images"] == 300 and r["metrics"]["init_s"] > 0 for r in records)
-    assert records[0]["params"]["extrapolated_from"] == 100
-    table = init_time.format_table(records)
-    assert "extrapolated from 100" in table and "manifest_reopen" in table
-    import json
-    json.dumps(records)

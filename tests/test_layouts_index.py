@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from foodlab.data import index as index_mod
-from foodlab.data import manifest as manifest_mod
-from foodlab.data.index import DatasetError, build_index, check_file
-from foodlab.data.manifest import manifest_paths
+from foodlab.data.dataset import FoodSegDataset
+from foodlab.data.index import build_index
 from foodlab.data.layouts import LayoutError, detect_layout, resolve_layout
+from foodlab.data.manifest import manifest_paths
 from foodlab.data.synth import generate_synthetic
+from foodlab.data.validity import DatasetError
 
 
 @pytest.fixture
@@ -73,23 +73,6 @@ def test_strategies_agree_on_valid_data(pairs, strategy):
     assert idx.fingerprint == ref.fingerprint and list(idx.samples) == list(ref.samples)
 
 
-def test_check_file_end_markers(tmp_path, pairs):
-    jpg = (pairs / "images" / "000000.jpg").read_bytes()
-    png = (pairs / "masks" / "000000.png").read_bytes()
-    cases = {
-        "ok.jpg": (jpg, None), "ok.png": (png, None),
-        "half.jpg": (jpg[: len(jpg) // 2], "no FF D9"), "half.png": (png[:-20], "no IEND"),
-        "zero.jpg": (b"", "empty"), "text.jpg": (b"hello, not a jpeg\n", "no FF D9"),
-        "padded.jpg": (jpg + b"\0\0\n", None),
-    }
-    for name, (data, reason) in cases.items():
-        (tmp_path / name).write_bytes(data)
-        got = check_file(str(tmp_path / name))[2]
-        assert (got is None) if reason is None else (reason in got), (name, got)
-    assert "unreadable" in check_file(str(tmp_path / "missing.jpg"))[2]
-    assert cv2.imread(str(tmp_path / "half.jpg")) is not None     # why decoding is not an integrity check
-
-
 def _make_index_time_bad(pairs):
     jpg = (pairs / "images" / "000001.jpg").read_bytes()
     (pairs / "images" / "000001.jpg").write_bytes(jpg[: len(jpg) // 2])
@@ -109,7 +92,7 @@ def test_verify_skips_bad_files_with_reasons_and_remembers_them(pairs):
     reasons = {os.path.basename(p): r for p, r in idx.skipped}
     assert len(idx.samples) == 7 and idx.checked[idx.samples.rows].all()
     assert "FF D9" in reasons["000001.jpg"] and "empty" in reasons["000002.jpg"]
-    assert "FF D9" in reasons["000003.jpg"] and reasons["000004.jpg"] == "missing mask"
+    assert "not an image" in reasons["000003.jpg"] and reasons["000004.jpg"] == "missing mask"
     assert "IEND" in reasons["000005.png"]
     again = build_index(lay, "manifest")            # later opens skip them without checking anything
     assert again.source == "manifest" and list(again.samples) == list(idx.samples)
@@ -189,21 +172,80 @@ def test_corrupt_manifest_is_rebuilt(pairs):
     assert idx.source == "scan" and len(idx.samples) == 12
 
 
-def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path):
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)`` makes ``folder`` refuse new files: chmod, or (as root, whom chmod does not
+    stop) an ``os.replace`` that fails there the way it does on a read-only mount."""
+    modes = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            modes.append((folder, folder.stat().st_mode))
+            folder.chmod(0o555)
+            return
+        real = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if os.path.dirname(os.path.abspath(dst)) == str(folder):
+                raise PermissionError(13, "Read-only file system", str(dst))
+            return real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+
+    yield make
+    for folder, mode in modes:
+        folder.chmod(mode)
+
+
+def test_read_only_data_puts_manifest_in_cache_dir(pairs, monkeypatch, tmp_path, read_only):
     monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
-    real = manifest_mod.write_atomic
-
-    def refuse_data_folder(path, *args):
-        if path.parent == pairs:
-            raise PermissionError(13, "Permission denied")
-        return real(path, *args)
-
-    monkeypatch.setattr(manifest_mod, "write_atomic", refuse_data_folder)
+    read_only(pairs)
     lay = resolve_layout(pairs)
     first = build_index(lay, "manifest")
     assert first.manifest_path.is_relative_to(tmp_path / "cache" / "manifests")
     assert not list(pairs.glob(".foodlab_manifest*"))
     assert build_index(lay, "manifest").source == "manifest"
+
+
+def test_stale_manifest_in_read_only_folder_is_passed_over(pairs, monkeypatch, tmp_path, read_only):
+    """A dataset copied or mounted read-only together with its (now stale) manifest: the fresh manifest in
+    the cache dir wins, and files learned bad stay remembered at every open."""
+    monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
+    lay = resolve_layout(pairs)
+    assert build_index(lay, "manifest").manifest_path.parent == pairs
+    _tick()
+    for sub, ext in (("images", "jpg"), ("masks", "png")):    # the folders change after the manifest was written
+        (pairs / sub / f"extra.{ext}").write_bytes((pairs / sub / f"000000.{ext}").read_bytes())
+    jpg = pairs / "images" / "000003.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:300])
+    read_only(pairs)
+    ds = FoodSegDataset(pairs, image_size=32)
+    assert len(ds) == 13 and ds.manifest_path.is_relative_to(tmp_path / "cache")
+    for i in range(len(ds)):
+        ds[i]
+    assert [os.path.basename(p) for p, _ in ds.bad_files()] == ["000003.jpg"]
+    reopened = [FoodSegDataset(pairs, image_size=32) for _ in range(4)]
+    assert [len(r) for r in reopened] == [12, 12, 12, 12]
+    assert all(r.index_source == "manifest" and "000003.jpg" in str(r.skipped) for r in reopened)
+
+
+def test_broken_symlinks_are_remembered_like_any_bad_file(pairs):
+    link = pairs / "images" / "000004.jpg"
+    link.unlink()
+    link.symlink_to(pairs / "images" / "gone.jpg")
+    ds = FoodSegDataset(pairs, image_size=32)                   # names only: the link is listed
+    assert len(ds) == 12
+    for i in range(len(ds)):
+        ds[i]
+    assert dict(ds.bad_files()) == {str(link): "broken symbolic link (its target does not exist)"}
+    for _ in range(2):                                          # remembered: skipped at every later open
+        again = FoodSegDataset(pairs, image_size=32, on_bad="raise")
+        assert len(again) == 11 and str(link) in dict(again.skipped)
+    lay = resolve_layout(pairs)
+    verified = build_index(lay, "manifest", rescan=True, verify=True)   # what `foodlab data info --verify` runs
+    assert len(verified.samples) == 11 and "broken symbolic link" in dict(verified.skipped)[str(link)]
+    assert int(verified.checked.sum()) == 11                    # the link is not counted as checked
+    assert len(build_index(lay, "manifest").samples) == 11
 
 
 def test_samples_pickle_and_slice(pairs):
@@ -215,8 +257,6 @@ def test_samples_pickle_and_slice(pairs):
 
 
 def test_uecfoodpix_mask_red_channel(tmp_path):
-    from foodlab.data import FoodSegDataset
-
     root = make_uec(tmp_path / "uec", n=3, size=32)
     ds = FoodSegDataset(root, split="train", image_size=32, num_classes=10)
     assert ds.layout.name == "uecfoodpix" and len(ds) == 3
@@ -224,23 +264,28 @@ def test_uecfoodpix_mask_red_channel(tmp_path):
     assert mask[:16].unique().tolist() == [2] and mask[16:].unique().tolist() == [0]
 
 
-def test_incremental_verify_checks_only_new_files(pairs, monkeypatch):
+def _truncate_keeping_stamp(path):
+    """Cut ``path`` in half in place and give it back its mtime: unchanged as far as stat can tell."""
+    st = path.stat()
+    path.write_bytes(path.read_bytes()[: st.st_size // 2])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_incremental_verify_checks_only_new_files(pairs):
     lay = resolve_layout(pairs)
     first = build_index(lay, "manifest", verify=True)
     _tick()
     jpg = (pairs / "images" / "000000.jpg").read_bytes()
     (pairs / "images" / "new.jpg").write_bytes(jpg[: len(jpg) // 2])          # truncated newcomer
     (pairs / "masks" / "new.png").write_bytes((pairs / "masks" / "000000.png").read_bytes())
-    checked = []
-    real = index_mod.check_file
-    monkeypatch.setattr(index_mod, "check_file", lambda name, dir_fd=None: checked.append(name) or real(name, dir_fd))
+    _truncate_keeping_stamp(pairs / "images" / "000005.jpg")                 # checked before: not read again
     again = build_index(lay, "manifest", verify=True)
-    assert again.source == "scan" and sorted(checked) == ["new.jpg", "new.png"]
-    assert len(again.samples) == 12 and "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
+    assert again.source == "scan" and len(again.samples) == 12
+    assert "FF D9" in dict(again.skipped)[str(pairs / "images" / "new.jpg")]
     assert list(again.samples) == list(first.samples)
-    checked.clear()
-    assert len(build_index(lay, "manifest", verify=True).samples) == 12 and checked == []   # all known
-    assert len(build_index(lay, "manifest", rescan=True, verify=True).samples) == 12 and len(checked) == 26
+    assert len(build_index(lay, "manifest", verify=True).samples) == 12      # all known: nothing re-read
+    full = build_index(lay, "manifest", rescan=True, verify=True)             # a fresh listing checks everything
+    assert len(full.samples) == 11 and str(pairs / "images" / "000005.jpg") in dict(full.skipped)
 
 
 def test_odd_file_names(pairs):
@@ -263,8 +308,6 @@ def test_odd_file_names(pairs):
 def test_moved_dataset_or_other_cwd_reuses_its_manifest_with_current_paths(pairs, tmp_path, monkeypatch):
     """A renamed dataset (folder inodes/mtimes unchanged) or one opened via a relative path from another
     working directory must list files where they are now, not where the manifest was written from."""
-    from foodlab.data import FoodSegDataset
-
     monkeypatch.chdir(pairs.parent)
     first = FoodSegDataset(pairs.name, image_size=32)          # relative path, manifest written
     moved = pairs.parent / "renamed"

@@ -8,18 +8,18 @@ flag is set after the data, so a reader never sees a half-written sample, and a 
 stamps differ now (rewritten in place) is a miss.
 Each process (main or DataLoader worker) opens the files itself in ``r+`` mode on first use —
 memmaps are never pickled — and MAP_SHARED makes every process's writes visible to the others.
-The files are sparse until filled; a full 70,700 x 512 x 512 cache takes ~74 GB.
+The files are sparse until filled; a full cache takes N x (4 S^2 + 33) bytes.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from foodlab.atomic import write_text_atomic
 from foodlab.data.layouts import default_cache_root
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ class DecodedCache:
     @classmethod
     def for_dataset(cls, ds, base: str | Path | None = None) -> "DecodedCache":
         base = Path(base) if base is not None else default_cache_root() / "decoded"
-        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}_v2"
+        # the _v suffix names the label mapping: bumped when it changes, so labels stored under an
+        # older mapping are never served
+        folder = base / f"{ds.fingerprint}_s{ds.image_size}_c{ds.num_classes}_v3"
         return cls(folder, len(ds.samples.folder), ds.image_size)
 
     def _shapes(self) -> dict:
@@ -55,11 +57,7 @@ class DecodedCache:
                 with open(path, "wb") as f:   # sparse: no disk used until written
                     f.truncate(nbytes)
         if not meta_path.exists():            # atomic: a reader never sees half a meta.json
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix="meta.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(meta))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, meta_path)
+            write_text_atomic(meta_path, json.dumps(meta))
 
     def _open(self):
         if self._maps is None:
@@ -108,12 +106,3 @@ class DecodedCache:
     def __repr__(self) -> str:
         return f"DecodedCache({self.folder}, n={self.n}, size={self.size})"
 
-
-def cache_bytes(n: int, image_size: int) -> int:
-    """Disk the cache needs once full."""
-    return n * (image_size * image_size * 4 + 33)
-
-
-def free_bytes(folder: str | Path) -> int:
-    st = os.statvfs(Path(folder))
-    return st.f_bavail * st.f_frsize

@@ -25,8 +25,9 @@ def add_commands(sub) -> None:
     p.add_argument("--index", default="manifest", choices=("decode", "stat", "manifest"))
     p.add_argument("--rescan", action="store_true", help="ignore an existing manifest")
     p.add_argument("--verify", action="store_true",
-                   help="check every file's size and JPEG/PNG end marker now (manifest index; by default a file "
-                        "is checked when first loaded) and remember the bad ones, so later opens skip them")
+                   help="check every file's content now (format from its magic bytes, JPEG/PNG structure, a decode "
+                        "for other formats; manifest index; by default a file is checked when first loaded) and "
+                        "remember the bad ones, so later opens skip them")
     p.set_defaults(func=_info)
 
 
@@ -49,8 +50,9 @@ def _info(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from foodlab.data.index import DatasetError, build_index
+    from foodlab.data.index import build_index
     from foodlab.data.layouts import LayoutError, resolve_layout
+    from foodlab.data.validity import DatasetError, check_bad_fraction
 
     try:
         layout = resolve_layout(args.root, args.layout, args.split)
@@ -69,7 +71,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"samples:  {len(index.samples)} kept of {index.n_found} images found")
     if index.strategy == "manifest":
         n_checked = int(index.checked[index.samples.rows].sum()) if len(index.samples) else 0
-        print(f"checked:  {n_checked} of {len(index.samples)} pairs had their end markers checked at index time"
+        print(f"checked:  {n_checked} of {len(index.samples)} pairs had their content checked at index time"
               + ("" if n_checked == len(index.samples) else
                  "; the rest are checked when loaded (run with --verify to check them all now)"))
     print(f"skipped:  {len(index.skipped)}")
@@ -80,7 +82,6 @@ def _info(args: argparse.Namespace) -> int:
     if len(index.skipped) > 50:
         print(f"  ... and {len(index.skipped) - 50} more")
     try:
-        from foodlab.data.index import check_bad_fraction
         check_bad_fraction(index, layout.root)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)

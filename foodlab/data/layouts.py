@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from foodlab.errors import UsageError
+
 LAYOUTS = ("pairs", "foodseg103", "uecfoodpix")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff")
@@ -23,7 +25,7 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("FOODLAB_CACHE") or Path.home() / ".cache" / "foodlab")
 
 
-class LayoutError(ValueError):
+class LayoutError(UsageError):
     """The folder does not look like the layout asked for (or like any, for layout='auto')."""
 
 

@@ -1,6 +1,6 @@
 """The ``manifest`` index strategy: a dataset's index written once, so that later opens take milliseconds.
 
-``build_manifest`` lists the folders (``index.list_candidates``) or loads the manifest, folds in
+``build_manifest`` lists the folders (``candidates.list_candidates``) or loads the manifest, folds in
 the files learned bad since, optionally checks every file (``verify``), and writes the result.
 
 On disk: a magic line, an 8-byte header length, a JSON header (meta + each array's dtype, shape
@@ -23,14 +23,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from foodlab.data.index import (Index, Names, SampleList, check_chunk, layout_folders, list_candidates, make_index,
-                                parallel_map)
+from foodlab.atomic import atomic_write
+from foodlab.data.candidates import Index, Names, list_candidates, make_index, sample_list
 from foodlab.data.layouts import Layout, default_cache_root
+from foodlab.data.validity import check_file
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +60,18 @@ def dir_state(layout: Layout) -> np.ndarray:
     return np.array(rows, np.int64)
 
 
-def write_atomic(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+def write(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write one manifest file atomically: a reader never sees half of it."""
     specs, offset = {}, 0
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     for name, a in arrays.items():
         specs[name] = [a.dtype.str, list(a.shape), offset]
         offset += a.nbytes
     header = json.dumps({"meta": meta, "arrays": specs}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-            for a in arrays.values():
-                f.write(a.data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        for a in arrays.values():
+            f.write(a.data)
 
 
 def read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -99,7 +94,7 @@ def save(layout: Layout, meta: dict, arrays: dict[str, np.ndarray]) -> Path | No
     """Write to the first writable place (see ``manifest_paths``); None when nowhere is writable."""
     for path in manifest_paths(layout):
         try:
-            write_atomic(path, {"version": VERSION, **meta}, arrays)
+            write(path, {"version": VERSION, **meta}, arrays)
             return path
         except OSError as e:      # read-only data folder: fall back to the cache dir
             log.debug("cannot write manifest %s: %s", path, e)
@@ -107,26 +102,62 @@ def save(layout: Layout, meta: dict, arrays: dict[str, np.ndarray]) -> Path | No
     return None
 
 
-def load(layout: Layout) -> tuple[dict, dict[str, np.ndarray], Path, bool] | None:
-    """(meta, arrays, path, stale) of the first readable manifest of this version; None if there is none."""
+class StoredManifest(NamedTuple):
+    meta: dict
+    arrays: dict[str, np.ndarray]
+    path: Path
+    current: bool      # the folders are as the manifest saw them (no file added, removed or renamed)
+
+
+def load(layout: Layout) -> StoredManifest | None:
+    """The newest current manifest of this version from either place, else the newest stale one; None
+    if there is none.
+
+    A manifest that cannot be rewritten (a read-only dataset copied or mounted together with its
+    manifest) must not win over the fresher one in the cache dir, or what was learned since (files
+    found bad) would be forgotten at every other open.
+    """
     try:
         dirs = dir_state(layout)
     except OSError:
         return None
+    found = []
     for path in manifest_paths(layout):
         try:
-            meta, arrays = read(path)
-        except FileNotFoundError:
+            found.append((os.stat(path).st_mtime_ns, path))
+        except OSError:
             continue
+    stale = None
+    for _, path in sorted(found, reverse=True):
+        try:
+            meta, arrays = read(path)
         except (OSError, ValueError, KeyError) as e:
             log.debug("manifest %s unreadable: %s", path, e)
             continue
-        if meta.get("version") == VERSION:
-            return meta, arrays, path, not np.array_equal(arrays["dirs"], dirs)
-    return None
+        if meta.get("version") != VERSION:
+            continue
+        if np.array_equal(arrays["dirs"], dirs):
+            return StoredManifest(meta, arrays, path, current=True)
+        stale = stale or StoredManifest(meta, arrays, path, current=False)
+    return stale
 
 
 # ---------------------------------------------------------------- files learned bad while loading
+
+def file_stamp(path: str) -> os.stat_result | None:
+    """The stat of ``path``, or of the link itself when it is a broken symbolic link; None if it is gone.
+
+    A broken link is remembered by its own stamp; once its target exists the stamp differs, so the
+    file is checked again.
+    """
+    try:
+        return os.stat(path)
+    except OSError:
+        try:
+            return os.lstat(path)
+        except OSError:
+            return None
+
 
 def bad_log_path(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.name + ".bad")
@@ -183,13 +214,15 @@ def _relative(layout: Layout, path: str) -> str:
     return os.path.relpath(path, layout.root)
 
 
-def _from_manifest(layout: Layout, meta: dict, a: dict, path: Path) -> Index:
-    # paths from the layout as opened now: the dataset may have moved, or be opened from another cwd
-    samples = SampleList(*layout_folders(layout), a["folder"], Names(a["image_blob"].tobytes(), a["image_starts"]),
-                         Names(a["mask_blob"].tobytes(), a["mask_starts"]), a["rows"])
+def _from_manifest(layout: Layout, stored: StoredManifest) -> Index:
+    meta, a = stored.meta, stored.arrays
+    samples = sample_list(layout, folder=a["folder"], image_names=Names(a["image_blob"].tobytes(), a["image_starts"]),
+                          mask_names=Names(a["mask_blob"].tobytes(), a["mask_starts"]), rows=a["rows"])
     scan_skipped = [tuple(x) for x in meta["scan_skipped"]]
-    return Index(samples, _skipped(layout, scan_skipped, meta["bad"]), meta["fingerprint"], "manifest", "manifest",
-                 path, meta["n_found"], a["checked"].copy(), list(meta["bad"]), scan_skipped)
+    return Index(samples=samples, skipped=_skipped(layout, scan_skipped, meta["bad"]),
+                 fingerprint=meta["fingerprint"], strategy="manifest", source="manifest", manifest_path=stored.path,
+                 n_found=meta["n_found"], checked=a["checked"].copy(), bad=list(meta["bad"]),
+                 scan_skipped=scan_skipped)
 
 
 def _skipped(layout: Layout, scan_skipped: list, bad: list[dict]) -> list[tuple[str, str]]:
@@ -237,9 +270,8 @@ def _drop_bad(layout: Layout, index: Index, records: list[dict]) -> bool:
         if rec.get("path") in known:
             continue
         full = os.path.normpath(os.path.join(layout.root, rec["path"]))
-        try:
-            st = os.stat(full)
-        except OSError:
+        st = file_stamp(full)
+        if st is None:
             continue
         if (st.st_size, st.st_mtime_ns) != (rec.get("size"), rec.get("mtime_ns")):
             continue
@@ -261,8 +293,23 @@ def _drop_bad(layout: Layout, index: Index, records: list[dict]) -> bool:
     return changed
 
 
+def _check_pairs(items: list[tuple[int, str, int, str]]) -> list[tuple]:
+    """``check_file`` of each (image folder fd, image name, mask folder fd, mask name), both results joined."""
+    return [check_file(i, ifd) + check_file(m, mfd) for ifd, i, mfd, m in items]
+
+
+def _parallel_map(fn, items: list, workers: int) -> list:
+    """Run ``fn`` over chunks of ``items`` in threads (the reads release the GIL); keeps order."""
+    if workers <= 1 or len(items) < 2000:
+        return fn(items)
+    size = -(-len(items) // (workers * 4))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    with ThreadPoolExecutor(workers) as pool:
+        return [r for part in pool.map(fn, chunks) for r in part]
+
+
 def _verify(layout: Layout, index: Index, workers: int) -> bool:
-    """The full integrity check of every kept pair not checked yet; bad files become known bad."""
+    """The content check of every kept pair not checked yet; bad files become known bad, good pairs checked."""
     s = index.samples
     todo = s.rows[index.checked[s.rows] == 0].tolist()
     if not todo:
@@ -271,15 +318,15 @@ def _verify(layout: Layout, index: Index, workers: int) -> bool:
     fds = [(os.open(fp.image_dir, os.O_RDONLY), os.open(fp.mask_dir, os.O_RDONLY)) for fp in layout.folders]
     try:
         items = [(fds[folder[r]][0], images[r], fds[folder[r]][1], masks[r]) for r in todo]
-        results = parallel_map(check_chunk, items, workers)
+        results = _parallel_map(_check_pairs, items, workers)
     finally:
         for pair in fds:
             for fd in pair:
                 os.close(fd)
-    index.checked[todo] = 1
     records = []
     for r, (isz, imt, ir, msz, mmt, mr) in zip(todo, results):
         if ir is None and mr is None:
+            index.checked[r] = 1
             continue
         image, mask = s.candidate(r)
         if ir is not None:
@@ -303,23 +350,24 @@ def _carry_checked(index: Index, old: Index) -> None:
     index.checked[:] = [k in done for k in keys]
 
 
-def build_manifest(layout: Layout, rescan: bool, verify: bool, workers: int) -> Index:
-    loaded = None if rescan else load(layout)
+def build_manifest(layout: Layout, *, rescan: bool, verify: bool, workers: int) -> Index:
+    """The ``manifest`` strategy: load the manifest (or list the folders), fold in files learned bad,
+    optionally check every unchecked file (``verify``), and save the manifest when anything changed."""
+    stored = None if rescan else load(layout)
     learned = take_bad(layout)
-    if loaded is not None and not loaded[3]:
-        meta, arrays, path, _ = loaded
-        index, dirs, changed = _from_manifest(layout, meta, arrays, path), arrays["dirs"], False
+    if stored is not None and stored.current:
+        index, dirs, changed = _from_manifest(layout, stored), stored.arrays["dirs"], False
         if verify and index.bad:   # a plain re-open trusts the manifest; verify re-checks known bad files too
             learned, changed = _forget_bad(layout, index) + learned, True   # those still bad are dropped again
     else:
         dirs = dir_state(layout)
-        folder, images, masks, skipped, n_found = list_candidates(layout)
-        index = make_index(layout, "manifest", folder, images, masks, None, skipped, n_found)
-        index.checked = np.zeros(len(folder), np.uint8)
-        index.scan_skipped = [(_relative(layout, p), r) for p, r in skipped]
+        found = list_candidates(layout)
+        index = make_index(layout, "manifest", found)
+        index.checked = np.zeros(len(found.folder), np.uint8)
+        index.scan_skipped = [(_relative(layout, p), r) for p, r in found.skipped]
         changed = True
-        if loaded is not None:    # the folders changed: keep what the old manifest knew of unchanged files
-            old = _from_manifest(layout, *loaded[:3])
+        if stored is not None:    # the folders changed: keep what the old manifest knew of unchanged files
+            old = _from_manifest(layout, stored)
             learned = old.bad + learned
             _carry_checked(index, old)
     if learned:
@@ -331,13 +379,12 @@ def build_manifest(layout: Layout, rescan: bool, verify: bool, workers: int) -> 
     return index
 
 
-def remember_bad(index_manifest: Path | None, root, path: str, reason: str) -> None:
-    """Tell the manifest about a file found bad while loading, so later opens skip it."""
-    if index_manifest is None:
+def remember_bad(manifest_path: Path | None, root, path: str, reason: str) -> None:
+    """Tell the manifest at ``manifest_path`` about a file found bad while loading, so later opens skip it."""
+    if manifest_path is None:
         return
-    try:
-        st = os.stat(path)
-    except OSError:
+    st = file_stamp(path)
+    if st is None:
         return     # a vanished file changes its folder, so the next open re-lists anyway
-    append_bad(index_manifest, {"path": os.path.relpath(path, root), "reason": reason,
+    append_bad(manifest_path, {"path": os.path.relpath(path, root), "reason": reason,
                                 "size": st.st_size, "mtime_ns": st.st_mtime_ns})

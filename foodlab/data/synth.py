@@ -24,7 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from foodlab.atomic import write_text_atomic
 from foodlab.data.layouts import default_cache_root
+from foodlab.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +229,9 @@ def generate_synthetic(out: str | Path, n: int, size: int = 512, seed: int = 0, 
     from tqdm.auto import tqdm
 
     if layout not in SYNTH_LAYOUTS:
-        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(SYNTH_LAYOUTS)}")
+        raise UsageError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(SYNTH_LAYOUTS)}")
     if n < 1 or size < 16 or not 1 <= classes <= 255:
-        raise ValueError(f"need n >= 1, size >= 16 and 1 <= classes <= 255 (got n={n}, size={size}, classes={classes})")
+        raise UsageError(f"need n >= 1, size >= 16 and 1 <= classes <= 255 (got n={n}, size={size}, classes={classes})")
     out = Path(out)
     for i in {0, n - 1}:
         for p in _paths(out, layout, i, n):
@@ -248,7 +250,7 @@ def generate_synthetic(out: str | Path, n: int, size: int = 512, seed: int = 0, 
                 bar.update(done)
     bar.close()
     meta = {"n": n, "size": size, "seed": seed, "classes": classes, "layout": layout, "generator": "foodlab.synth/1"}
-    (out / "synth.json").write_text(json.dumps(meta, indent=1))
+    write_text_atomic(out / "synth.json", json.dumps(meta, indent=1))   # written last: marks a complete dataset
     return out
 
 
