@@ -1,4 +1,5 @@
-"""DDP on CPU: torchrun with 2 gloo processes trains, and only rank 0 logs to MLflow and writes checkpoints."""
+"""DDP: the resumable sampler, and on CPU torchrun with 2 gloo processes trains, only rank 0 logs to MLflow and
+writes checkpoints."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 
 from foodlab import tracking
 from foodlab.train.checkpoint import load_checkpoint
+from foodlab.train.ddp import Dist, ResumableSampler
 
 
 @pytest.mark.slow
@@ -32,3 +34,17 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert ckpt["step"] == 1 and ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not list((tmp_path / "runs").glob("**/*.tmp"))
+
+
+def test_resumable_sampler_skips_exactly_what_was_consumed():
+    ds = list(range(10))
+    s = ResumableSampler(ds, Dist(), seed=5)
+    s.set_epoch(1)
+    order = list(s)
+    assert sorted(order) == ds and order != list(range(10))
+    s.set_epoch(1, skip=4)
+    assert list(s) == order[4:] and len(s) == 6
+    s.set_epoch(2)
+    assert list(s) != order  # a new order per epoch (seed + epoch)
+    halves = [list(ResumableSampler(ds, Dist(rank=r, world_size=2), seed=5)) for r in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == ds

@@ -1,7 +1,8 @@
 """``foodlab train`` and ``foodlab distill`` (``python -m foodlab.train`` = ``foodlab train``).
 
-Flags default to None and only override the dataclass defaults in foodlab.config,
-so one place holds the defaults. Heavy imports stay inside the command functions.
+Flags default to None and only override the settings below them: the dataclass defaults
+in foodlab.config, then a ``--config FILE``, then the flags given. Heavy imports stay
+inside the command functions.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     """The flags `foodlab train` and `foodlab distill` share."""
     bool_flag = argparse.BooleanOptionalAction
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML with data:, model:, train: sections (keys as in foodlab/config.py); its values "
+                        "replace the defaults and the flags given here replace its values")
     p.add_argument("--data", metavar="DIR", help="dataset root (default: the built-in synthetic dataset)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -36,7 +40,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache", nargs="?", const="auto", metavar="DIR",
                    help="decoded-image cache (default folder: $FOODLAB_CACHE/decoded, else ~/.cache/foodlab/decoded)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from <out-dir>/<run>/last.pt")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                   help="continue a run: a run folder, an MLflow run id, or nothing for the experiment's latest run")
     p.add_argument("--experiment", help="MLflow experiment")
     p.add_argument("--run-name", help="MLflow run name (also names the checkpoint folder)")
     p.add_argument("--lr", type=float)
@@ -54,10 +59,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace):
     """(DataConfig, ModelConfig, TrainConfig) from the dataclass defaults plus the flags given."""
-    from foodlab.config import DataConfig, ModelConfig, TrainConfig
+    from dataclasses import replace
+
+    from foodlab.config import Config, load_yaml
 
     def given(**pairs):
         return {k: v for k, v in pairs.items() if v is not None}
+
+    base = load_yaml(args.config) if getattr(args, "config", None) else Config()
 
     cache = args.cache
     if cache == "auto":
@@ -65,14 +74,14 @@ def configs_from_args(args: argparse.Namespace):
 
         cache = str(default_cache_root() / "decoded")
     n_classes = args.num_classes
-    data = DataConfig(**given(root=args.data, image_size=args.image_size, num_classes=n_classes, cache=cache,
+    data = replace(base.data, **given(root=args.data, image_size=args.image_size, num_classes=n_classes, cache=cache,
                               synth_n=args.synthetic_n))  # --seed is the training seed, not the data's
     if args.image_size is not None and args.data is None:
         data.synth_size = args.image_size  # generate at the size we train at: no resize per sample
-    model = ModelConfig(**given(use_lightweight_head=args.lightweight_head, head=args.head,
+    model = replace(base.model, **given(use_lightweight_head=args.lightweight_head, head=args.head,
                                 sam2_model_type=args.model_type, sam2_checkpoint=args.sam2_checkpoint,
                                 freeze_image_encoder=args.freeze_image_encoder, num_classes=n_classes))
-    train = TrainConfig(**given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+    train = replace(base.train, **given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
                                 num_workers=args.num_workers, amp=args.amp, accum_steps=args.accum_steps,
                                 channels_last=args.channels_last, compile=args.compile, seed=args.seed,
                                 val_fraction=args.val_fraction, out_dir=args.out_dir, resume=args.resume,

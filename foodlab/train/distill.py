@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
+from foodlab.labels import class_ids
+from foodlab.train.build import build_datasets, wrap_under_split
 from foodlab.train.loop import StepFn, TrainResult, train
-from foodlab.train.setup import build_datasets, map_split
 from foodlab.train.losses import segmentation_loss
-from foodlab.train.metrics import predictions
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
     """Loss against the teacher (soft probabilities or hard masks), plus ``alpha`` x the ground-truth loss."""
     logits, teacher = logits.float(), teacher.float()
     if targets == "hard":
-        t_loss = segmentation_loss(logits, predictions(teacher))
+        t_loss = segmentation_loss(logits, class_ids(teacher))
     elif logits.shape[1] == 1:
         t_loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
     else:
@@ -155,5 +155,5 @@ def distill(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig
     params = {"distill": {"teacher": teacher, "targets": targets, "alpha": alpha,
                           "teacher_image_size": teacher_image_size}}
     return train(data_cfg, model_cfg, train_cfg, max_steps=max_steps, progress=progress, track=track,
-                 datasets=(map_split(train_ds, with_teacher), map_split(val_ds, with_teacher), full), step_fn=step_fn,
+                 datasets=(wrap_under_split(train_ds, with_teacher), wrap_under_split(val_ds, with_teacher), full), step_fn=step_fn,
                  extra_params=params)

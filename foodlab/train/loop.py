@@ -25,12 +25,19 @@ from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig, as_dict
-from foodlab.train.checkpoint import (StopOnSignal, restore_training_state, rng_state, save_checkpoint, set_rng_state,
-                                      training_state)
+from foodlab.labels import class_ids
+from foodlab.train.build import build_datasets, build_model, sam2_decoder_setup
+from foodlab.train.checkpoint import (
+    StopOnSignal,
+    restore_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    training_state,
+)
 from foodlab.train.ddp import Dist, ResumableSampler
 from foodlab.train.losses import segmentation_loss
-from foodlab.train.metrics import SegMetrics, overlay_figure, predictions
-from foodlab.train.setup import build_datasets, build_model, sam2_decoder_setup
+from foodlab.train.metrics import SegMetrics, overlay_figure
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +103,6 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
-def default_amp(device: torch.device) -> bool:
-    """Autocast on where the device runs reduced precision natively (CPU: only with bf16 instructions)."""
-    if device.type != "cpu":
-        return devices.autocast_dtype(device) is not None
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -124,14 +120,14 @@ def evaluate(s: Session, loader, num_classes: int) -> tuple[dict[str, float], tu
         batch = to_device(batch, s.device)
         with devices.autocast(s.device, s.amp_dtype):
             loss, logits, target = s.step_fn(s.raw_model, batch)
-        pred = predictions(logits.float())
+        pred = class_ids(logits.float())
         metrics.update(pred, target)
         loss_sum, n = loss_sum + float(loss) * len(target), n + len(target)
         images = batch[0] if isinstance(batch, (list, tuple)) else None
         if sample is None and isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == 3:
             sample = (images[:4].cpu(), target[:4].cpu(), pred[:4].cpu())
-    metrics.confusion = s.dist.sum_(metrics.confusion, s.device)
-    totals = s.dist.sum_(torch.tensor([loss_sum, float(n)], dtype=torch.float64), s.device)
+    metrics.confusion = s.dist.all_reduce_sum(metrics.confusion, s.device)
+    totals = s.dist.all_reduce_sum(torch.tensor([loss_sum, float(n)], dtype=torch.float64), s.device)
     out = metrics.compute()
     out["loss"] = float(totals[0] / max(1.0, float(totals[1])))
     s.raw_model.train()
@@ -198,6 +194,36 @@ def train_one_epoch(s: Session, loader, epoch: int, first_batch: int, stop: Stop
     return stats
 
 
+@dataclass
+class Progress:
+    """Where a run stands: restored by a resume, advanced by every epoch, saved in each checkpoint."""
+    epoch: int = 0                 # the next epoch to train (0-based)
+    batch: int = 0                 # the next batch of that epoch
+    best_miou: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    interrupted: bool = False
+
+    @property
+    def fresh(self) -> bool:
+        return self.epoch == 0 and self.batch == 0 and not self.history
+
+    @property
+    def train_time_s(self) -> float:
+        """Time spent training (no validation, no logging), summed over resumes."""
+        return self.history[-1]["train_time_s"] if self.history else 0.0
+
+
+@dataclass
+class Loaders:
+    train_ds: Any
+    val_ds: Any
+    full_ds: Any
+    sampler: ResumableSampler
+    train: Any
+    val: Any
+
+
 def train(
     data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     max_steps: int | None = None, progress: bool = True, track: bool = True,
@@ -224,26 +250,87 @@ def train(
 
 def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress, track, datasets, model, step_fn,
            on_epoch_end, extra_params) -> TrainResult:
-    from foodlab.data import make_loader
-
     if track:  # before any data or model work: a dead tracking server fails here, in seconds
         tracking.configure(check=True)
     if model_cfg.num_classes != data_cfg.num_classes:
         raise ValueError(f"model num_classes={model_cfg.num_classes} but data num_classes={data_cfg.num_classes}")
     log.info("Using device: %s (%s)", devices.device_name(device), device)
-    use_amp = default_amp(device) if train_cfg.amp is None else train_cfg.amp
-    amp_dtype = devices.autocast_dtype(device) if use_amp else None
     seed_everything(train_cfg.seed)
+    datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets, model,
+                                                   step_fn)
+    s, loaders = _session(model, step_fn, datasets, model_cfg, train_cfg, device, dist, track=track,
+                          progress=progress, max_steps=max_steps)
+    ckpt_dir = Path(train_cfg.out_dir) / (train_cfg.run_name or train_cfg.experiment)
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    state = _resume(s, last_path) if train_cfg.resume else Progress()
+    _mark_head_trained(s.raw_model, s.step)
+    configs = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(train_cfg)}
+    run_ctx = (tracking.start_run(train_cfg.experiment, train_cfg.run_name, run_id=state.run_id,
+                                  log_system_metrics=True) if track else contextlib.nullcontext())
+    with run_ctx as run, StopOnSignal() as stop:
+        state.run_id = run.info.run_id if track else None
+        if track:
+            _log_run_start(s, state, configs, loaders, extra_params)
 
+        def save(epoch: int, batch: int, rng: dict, paths: tuple[Path, ...]) -> None:
+            if dist.is_main:
+                ckpt = training_state(s, epoch, batch, rng, {"best_miou": state.best_miou, "history": state.history,
+                                                              "run_id": state.run_id, "configs": configs})
+                for path in paths:
+                    save_checkpoint(ckpt, path)
+
+        for epoch in range(state.epoch, train_cfg.epochs):
+            skip = state.batch if epoch == state.epoch else 0
+            loaders.sampler.set_epoch(epoch, skip=skip * train_cfg.batch_size)
+            loaders.train.generator = torch.Generator().manual_seed(train_cfg.seed + epoch)  # worker seeds
+            t_epoch = time.perf_counter()
+            train_time = state.train_time_s
+            st = train_one_epoch(s, loaders.train, epoch, skip, stop)
+            train_time += time.perf_counter() - t_epoch
+            _mark_head_trained(s.raw_model, s.step)
+            rng = rng_state()
+            if st["reason"] == "signal":
+                save(epoch, st["batch"], rng, (last_path,))
+                _log_interrupted(s, state, epoch, st["batch"], last_path)
+                break
+            entry = _end_epoch(s, state, loaders, st, epoch, t_epoch, train_time, model_cfg.num_classes)
+            position = (epoch + 1, 0) if st["complete"] else (epoch, st["batch"])
+            improved = entry["val_miou"] > state.best_miou
+            state.best_miou = max(state.best_miou, entry["val_miou"])
+            save(*position, rng, (last_path, best_path) if improved else (last_path,))
+            set_rng_state(rng)  # validation and logging must not shift the training RNG stream
+            if st["reason"] == "max_steps" or (on_epoch_end is not None and on_epoch_end(entry)):
+                break
+        skipped = loaders.full_ds.bad_report() if hasattr(loaders.full_ds, "bad_report") else {}
+        if track:
+            _log_final_artifacts(s.raw_model, skipped, ckpt_dir, state.history[-1] if state.history else {})
+    dist.barrier()
+    return TrainResult(state.run_id, state.best_miou, state.history[-1] if state.history else {},
+                       best_path if best_path.exists() else None, last_path if last_path.exists() else None,
+                       s.step, len(state.history), skipped, state.history, state.interrupted)
+
+
+def _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets, model, step_fn):
+    """(train, val, full) datasets, the model to train and its step function; given ones win over the configs."""
     if dist.enabled and not dist.is_main:
         dist.barrier()  # rank 0 first: it generates the synthetic data, index caches and SAM2 embeddings once
     if train_cfg.sam2_cached_embeddings and not model_cfg.use_lightweight_head and datasets is None:
         setup = sam2_decoder_setup(data_cfg, model_cfg, train_cfg, device)
         datasets, model, step_fn = setup["datasets"], setup["model"], step_fn or setup["step_fn"]
-    train_ds, val_ds, full_ds = datasets or build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
+    datasets = datasets or build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
     if dist.enabled and dist.is_main:
         dist.barrier()
-    raw_model = model if model is not None else build_model(model_cfg, device)
+    model = model if model is not None else build_model(model_cfg, device)
+    return datasets, model, step_fn or supervised_step(not model_cfg.use_lightweight_head)
+
+
+def _session(raw_model, step_fn, datasets, model_cfg, train_cfg, device, dist, *, track, progress,
+             max_steps) -> tuple[Session, Loaders]:
+    """Model on its device, optimizer, lr schedule, loss scaler and the loaders: everything an epoch uses."""
+    from foodlab.data.loader import make_loader
+
+    use_amp = devices.default_amp(device) if train_cfg.amp is None else train_cfg.amp
+    amp_dtype = devices.autocast_dtype(device) if use_amp else None
     raw_model.to(device)
     if train_cfg.channels_last:
         raw_model.to(memory_format=torch.channels_last)
@@ -251,6 +338,7 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
               else [p for p in raw_model.parameters() if p.requires_grad])
     optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
+    train_ds, val_ds, full_ds = datasets
     bs, workers = train_cfg.batch_size, train_cfg.num_workers
     sampler = ResumableSampler(train_ds, dist, seed=train_cfg.seed, shuffle=True)
     loader = make_loader(train_ds, bs, device, num_workers=workers, shuffle=False, sampler=sampler,
@@ -263,101 +351,78 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=devices.needs_grad_scaler(device, amp_dtype))
 
-    ckpt_dir = Path(train_cfg.out_dir) / (train_cfg.run_name or train_cfg.experiment)
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    start_epoch, start_batch, step, best, history, run_id = 0, 0, 0, -1.0, [], None
-    if train_cfg.resume and last_path.exists():
-        ckpt = restore_training_state(last_path, raw_model, optimizer, scheduler, scaler)
-        start_epoch, start_batch, step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
-        if ckpt["configs"]["train"]["batch_size"] != train_cfg.batch_size:
-            raise ValueError(f"{last_path} was trained with batch size {ckpt['configs']['train']['batch_size']}; "
-                             "resume with the same --batch-size (the saved position counts batches)")
-        best, history, run_id = ckpt["best_miou"], ckpt["history"], ckpt["run_id"]
-        log.info("resuming from %s: epoch %d, batch %d, step %d", last_path, start_epoch + 1, start_batch, step)
-    elif train_cfg.resume:
-        log.warning("--resume: no checkpoint at %s, starting from scratch", last_path)
-
     fwd = dist.wrap(raw_model, device, find_unused=not model_cfg.use_lightweight_head)
     if train_cfg.compile:
         fwd = torch.compile(fwd)
-    s = Session(fwd, raw_model, optimizer, scheduler, scaler, step_fn or supervised_step(not
-                model_cfg.use_lightweight_head), device, amp_dtype, train_cfg, dist, track, progress, max_steps, step)
-    fingerprint = str(getattr(full_ds, "fingerprint", "n/a"))
-    tags = {"device": devices.device_name(device), "device_type": device.type, "torch_version": torch.__version__,
-            "foodlab_commit": tracking.git_commit(), "dataset_fingerprint": fingerprint,
-            "world_size": dist.world_size, "amp_dtype": str(amp_dtype).replace("torch.", "")}
-    run_ctx = (tracking.start_run(train_cfg.experiment, train_cfg.run_name, run_id=run_id, log_system_metrics=True)
-               if track else contextlib.nullcontext())
-    interrupted, last_metrics = False, (history[-1] if history else {})
-    train_time = history[-1]["train_time_s"] if history else 0.0  # training only: no validation, no logging
-    with run_ctx as run, StopOnSignal() as stop:
-        run_id = run.info.run_id if track else None
-        if track:
-            tracking.set_tags(tags)
-            if start_epoch == 0 and start_batch == 0 and step == 0:
-                tracking.log_params({"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(
-                    train_cfg), "run": {"train_images": len(train_ds), "val_images": len(val_ds),
-                                        "amp_dtype": tags["amp_dtype"], "max_steps": max_steps}, **extra_params})
-            else:
-                tracking.set_tags({"resumed_from_step": step})
-        configs = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(train_cfg)}
+    session = Session(model=fwd, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      step_fn=step_fn, device=device, amp_dtype=amp_dtype, cfg=train_cfg, dist=dist, track=track,
+                      progress=progress, max_steps=max_steps)
+    return session, Loaders(train_ds, val_ds, full_ds, sampler, loader, val_loader)
 
-        def extra() -> dict:
-            return {"best_miou": best, "history": history, "run_id": run_id, "configs": configs}
-        for epoch in range(start_epoch, train_cfg.epochs):
-            skip = start_batch if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip=skip * bs)
-            loader.generator = torch.Generator().manual_seed(train_cfg.seed + epoch)  # worker seeds, not global RNG
-            t_epoch = time.perf_counter()
-            st = train_one_epoch(s, loader, epoch, skip, stop)
-            train_time += time.perf_counter() - t_epoch
-            rng = rng_state()
-            if st["reason"] == "signal":
-                if dist.is_main:
-                    save_checkpoint(training_state(s, epoch, st["batch"], rng, extra()), last_path)
-                if track:
-                    tracking.set_tags({"interrupted_at_step": s.step})
-                log.warning("stopped by signal at step %d (epoch %d, batch %d); checkpoint %s; continue with --resume",
-                            s.step, epoch + 1, st["batch"], last_path)
-                interrupted = True
-                break
-            val, sample = evaluate(s, val_loader, model_cfg.num_classes)
-            entry = {"epoch": epoch + 1, "step": s.step, "train_loss": st["loss_sum"] / max(1, st["images"]),
-                     "images_per_s": st["images"] / max(st["busy_s"], 1e-9),
-                     "data_wait_fraction": st["wait_s"] / max(st["busy_s"], 1e-9),
-                     "epoch_s": time.perf_counter() - t_epoch, "train_time_s": train_time,
-                     **{f"val_{k}": v for k, v in val.items()}}
-            history.append(entry)
-            last_metrics = entry
-            position = (epoch + 1, 0) if st["complete"] else (epoch, st["batch"])
-            improved = val["miou"] > best
-            best = max(best, val["miou"])
-            if dist.is_main:
-                state = training_state(s, *position, rng, extra())
-                save_checkpoint(state, last_path)
-                if improved:
-                    save_checkpoint(state, best_path)
-            if track:
-                per_epoch = {("epoch_" + k if k in ("train_loss", "images_per_s") else k): v
-                             for k, v in entry.items() if k not in ("epoch", "step")}
-                tracking.log_metrics(per_epoch, step=s.step)  # per-step keys stay per-step only
-                if sample is not None:
-                    fig = overlay_figure(*sample)
-                    tracking.log_figure(fig, f"overlays/epoch_{epoch + 1:03d}.png")
-            log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, Dice %.4f, %.1f img/s, "
-                     "data wait %.0f%%, %.1fs", epoch + 1, train_cfg.epochs, entry["train_loss"], val["loss"],
-                     val["miou"], val["dice"], entry["images_per_s"], 100 * entry["data_wait_fraction"],
-                     entry["epoch_s"])
-            set_rng_state(rng)  # validation and logging must not shift the training RNG stream
-            if st["reason"] == "max_steps" or (on_epoch_end is not None and on_epoch_end(entry)):
-                break
-        skipped = full_ds.bad_report() if hasattr(full_ds, "bad_report") else {}
-        if track:
-            _log_final_artifacts(raw_model, skipped, ckpt_dir, last_metrics)
-    dist.barrier()
-    return TrainResult(run_id, best, last_metrics, best_path if best_path.exists() else None,
-                       last_path if last_path.exists() else None, s.step, len(history), skipped, history,
-                       interrupted)
+
+def _resume(s: Session, last_path: Path) -> Progress:
+    """Load ``last_path`` into the session; a missing one starts from scratch with a warning."""
+    if not last_path.exists():
+        log.warning("--resume: no checkpoint at %s, starting from scratch", last_path)
+        return Progress()
+    ckpt = restore_training_state(last_path, s.raw_model, s.optimizer, s.scheduler, s.scaler)
+    if ckpt["configs"]["train"]["batch_size"] != s.cfg.batch_size:
+        raise ValueError(f"{last_path} was trained with batch size {ckpt['configs']['train']['batch_size']}; "
+                         "resume with the same --batch-size (the saved position counts batches)")
+    s.step = ckpt["step"]
+    log.info("resuming from %s: epoch %d, batch %d, step %d", last_path, ckpt["epoch"] + 1, ckpt["batch"], s.step)
+    return Progress(ckpt["epoch"], ckpt["batch"], ckpt["best_miou"], ckpt["history"], ckpt["run_id"])
+
+
+def _mark_head_trained(model: nn.Module, step: int) -> None:
+    """A detector's head counts as trained (SAM2 is then prompted from it) once an optimizer step updated it."""
+    if step > 0 and getattr(model, "use_lightweight_head", False) and hasattr(model, "head_trained"):
+        model.head_trained = True
+
+
+def _log_run_start(s: Session, state: Progress, configs: dict, loaders: Loaders, extra_params: dict) -> None:
+    """Tags describing the machine and data; params once, at the start of a fresh run."""
+    amp_dtype = str(s.amp_dtype).replace("torch.", "")
+    tracking.set_tags({"device": devices.device_name(s.device), "device_type": s.device.type,
+                       "torch_version": torch.__version__, "foodlab_commit": tracking.git_commit(),
+                       "dataset_fingerprint": str(getattr(loaders.full_ds, "fingerprint", "n/a")),
+                       "world_size": s.dist.world_size, "amp_dtype": amp_dtype})
+    if state.fresh and s.step == 0:
+        tracking.log_params({**configs, "run": {"train_images": len(loaders.train_ds),
+                                                "val_images": len(loaders.val_ds), "amp_dtype": amp_dtype,
+                                                "max_steps": s.max_steps}, **extra_params})
+    else:
+        tracking.set_tags({"resumed_from_step": s.step})
+
+
+def _log_interrupted(s: Session, state: Progress, epoch: int, batch: int, last_path: Path) -> None:
+    if s.track:
+        tracking.set_tags({"interrupted_at_step": s.step})
+    log.warning("stopped by signal at step %d (epoch %d, batch %d); checkpoint %s; continue with --resume",
+                s.step, epoch + 1, batch, last_path)
+    state.interrupted = True
+
+
+def _end_epoch(s: Session, state: Progress, loaders: Loaders, st: dict, epoch: int, t_epoch: float,
+               train_time: float, num_classes: int) -> dict:
+    """Validate, record the epoch in the history, log its metrics and an overlay figure; returns the entry."""
+    val, sample = evaluate(s, loaders.val, num_classes)
+    entry = {"epoch": epoch + 1, "step": s.step, "train_loss": st["loss_sum"] / max(1, st["images"]),
+             "images_per_s": st["images"] / max(st["busy_s"], 1e-9),
+             "data_wait_fraction": st["wait_s"] / max(st["busy_s"], 1e-9),
+             "epoch_s": time.perf_counter() - t_epoch, "train_time_s": train_time,
+             **{f"val_{k}": v for k, v in val.items()}}
+    state.history.append(entry)
+    if s.track:
+        per_epoch = {("epoch_" + k if k in ("train_loss", "images_per_s") else k): v
+                     for k, v in entry.items() if k not in ("epoch", "step")}
+        tracking.log_metrics(per_epoch, step=s.step)  # per-step keys stay per-step only
+        if sample is not None:
+            tracking.log_figure(overlay_figure(*sample), f"overlays/epoch_{epoch + 1:03d}.png")
+    log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, Dice %.4f, %.1f img/s, "
+             "data wait %.0f%%, %.1fs", epoch + 1, s.cfg.epochs, entry["train_loss"], val["loss"], val["miou"],
+             val["dice"], entry["images_per_s"], 100 * entry["data_wait_fraction"], entry["epoch_s"])
+    return entry
 
 
 def _log_final_artifacts(raw_model: nn.Module, skipped: dict, ckpt_dir: Path, metrics: dict) -> None:
@@ -366,7 +431,7 @@ def _log_final_artifacts(raw_model: nn.Module, skipped: dict, ckpt_dir: Path, me
     model_file = ckpt_dir / "model.pt"
     model_file.parent.mkdir(parents=True, exist_ok=True)
     if getattr(raw_model, "use_lightweight_head", False):
-        raw_model.save_head(model_file)  # head name + num_classes + weights: FoodDetector.load_head reads it
+        raw_model.save_head(model_file)  # head name + num_classes + weights: FoodDetector.from_head_file reads it
     else:
         torch.save(raw_model.state_dict(), model_file)
     tracking.log_artifact(model_file, "model")

@@ -4,14 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from foodlab.train.losses import IGNORE_INDEX
-
-
-def predictions(logits: torch.Tensor) -> torch.Tensor:
-    """Class ids (B, H, W) from logits (B, C, H, W): threshold 0 for C == 1, argmax otherwise."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
+from foodlab.labels import IGNORE_INDEX
 
 
 class SegMetrics:
