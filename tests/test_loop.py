@@ -42,7 +42,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match=r"step 6 \(epoch 2, batch 2\)"):
         train(DataConfig(), ModelConfig(), cfg, datasets=tiny_data(), model=NaNAfter(k=6), progress=False,
               track=False)
-    ckpt = load_checkpoint(tmp_path / "nan" / "last.pt")  # written after epoch 1, untouched since
+    ckpt = load_checkpoint(tmp_path / "foodlab-train" / "nan" / "last.pt")  # after epoch 1, untouched since
     assert (ckpt["epoch"], ckpt["step"]) == (1, 4)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

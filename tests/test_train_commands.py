@@ -55,6 +55,11 @@ def e2e(tmp_path_factory):
     return tmp, uri, proc
 
 
+def run_folder(root: Path, experiment: str, run_name: str) -> Path:
+    (folder,) = (root / "runs" / experiment).glob(f"{run_name}-*")
+    return folder
+
+
 @pytest.mark.slow
 def test_cli_trains_checkpoints_and_logs(e2e):
     tmp, _, proc = e2e
@@ -62,11 +67,15 @@ def test_cli_trains_checkpoints_and_logs(e2e):
     out = proc.stdout + proc.stderr
     assert "Using device: CPU" in out
     assert "epoch 2/2:" in out and "val mIoU" in out
-    for name in ("last.pt", "best.pt", "model.pt"):
-        assert (tmp / "runs" / "r1" / name).is_file(), name
-    log_text = (tmp / "logs" / "training.log").read_text()
+    folder = run_folder(tmp, "e2e", "r1")
+    for name in ("last.pt", "previous.pt", "best.pt", "model.pt", "training.log"):
+        assert (folder / name).is_file(), name
+    log_text = (folder / "training.log").read_text()
     assert "Using device:" in log_text and "epoch 1/2:" in log_text
-    ckpt = load_checkpoint(tmp / "runs" / "r1" / "last.pt")
+    assert not (tmp / "logs").exists()  # no shared log growing across runs
+    ckpt = load_checkpoint(folder / "last.pt")
+    assert folder.name == f"r1-{ckpt['run_id'][:8]}"
+    assert load_checkpoint(folder / "previous.pt")["epoch"] == 1
     assert (ckpt["epoch"], ckpt["batch"]) == (2, 0)
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "step", "run_id"} <= set(ckpt)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -79,14 +88,15 @@ def test_training_checkpoints_are_what_predict_accepts(e2e):
 
     tmp, _, proc = e2e
     assert proc.returncode == 0, proc.stderr[-3000:]
-    best = tmp / "runs" / "r1" / "best.pt"
+    folder = run_folder(tmp, "e2e", "r1")
+    best = folder / "best.pt"
     ckpt = torch.load(best, map_location="cpu", weights_only=True)  # shareable: no code in the pickle
     det = FoodDetector.from_head_file(best, device="cpu")
     assert det.head_trained and det.head_name == ckpt["configs"]["model"]["head"]
     for name, value in det.head.state_dict().items():
         assert torch.equal(value, ckpt["model"][f"head.{name}"]), name
-    final = FoodDetector.from_head_file(tmp / "runs" / "r1" / "model.pt", device="cpu")
-    last = FoodDetector.from_head_file(tmp / "runs" / "r1" / "last.pt", device="cpu")
+    final = FoodDetector.from_head_file(folder / "model.pt", device="cpu")
+    last = FoodDetector.from_head_file(folder / "last.pt", device="cpu")
     for name, value in final.head.state_dict().items():
         assert torch.equal(value, last.head.state_dict()[name]), name
     junk = tmp / "junk.pt"
@@ -122,8 +132,9 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(e2e, monkeypatch):
     if not art.is_absolute():
         art = tmp / art
     files = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()}
-    assert {"bad_samples.json", "model/model.pt", "logs/training.log",
+    assert {"bad_samples.json", "model/model.pt", "checkpoints/best.pt", "logs/training.log",
             "overlays/epoch_001.png", "overlays/epoch_002.png"} <= files, files
+    assert "epoch 2/2:" in (art / "logs" / "training.log").read_text()
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch):
@@ -159,27 +170,34 @@ def test_kill_and_resume_gives_the_same_weights_and_mlflow_run(tmp_path):
     straight = run_cli(["train", *args, "--run-name", "straight"], tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    last = tmp_path / "runs" / "killed" / "last.pt"
+    from foodlab.train.run_folder import RunFolder, RunFolderInUse, find_run
+
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args, "--run-name", "killed"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+    while not list((tmp_path / "runs" / "resume").glob("killed-*/last.pt")) and time.monotonic() < deadline \
+            and proc.poll() is None:
         time.sleep(0.05)
-    assert last.exists(), "epoch 1 checkpoint never appeared"
-    time.sleep(0.6)  # into epoch 2 (each batch takes >= 0.3 s here)
+    (last,) = (tmp_path / "runs" / "resume").glob("killed-*/last.pt")
+    t0 = time.monotonic()
+    with pytest.raises(RunFolderInUse, match=f"in use by process {proc.pid}"):  # a running run is refused
+        RunFolder(find_run(tmp_path / "runs", "resume", "latest"))
+    time.sleep(max(0.0, 0.6 - (time.monotonic() - t0)))  # into epoch 2 (each batch takes >= 0.3 s here)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    assert "continue with --resume" in out
+    assert f"--resume {last.parent.relative_to(tmp_path)}" in out
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == 1 and 0 < ckpt["batch"] < 4, (ckpt["epoch"], ckpt["batch"])  # mid-epoch 2
     run_id = ckpt["run_id"]
+    tracking.configure()
+    assert tracking.get_run(run_id).info.status == "KILLED"
 
-    resumed = run_cli(["train", *args, "--run-name", "killed", "--resume"], tmp_path)
+    resumed = run_cli(["train", *args, "--resume"], tmp_path)  # the experiment's latest run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr
+    assert "resuming at" in resumed.stderr
 
-    a = load_checkpoint(tmp_path / "runs" / "straight" / "last.pt")
+    a = load_checkpoint(next((tmp_path / "runs" / "resume").glob("straight-*/last.pt")))
     b = load_checkpoint(last)
     assert a["step"] == b["step"] == 8
     assert a["model"].keys() == b["model"].keys()
@@ -188,12 +206,11 @@ def test_kill_and_resume_gives_the_same_weights_and_mlflow_run(tmp_path):
     for s_a, s_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(s_a["exp_avg"], s_b["exp_avg"])
     assert b["run_id"] == run_id
-    tracking.configure()
     runs = tracking.search_runs(["resume"])
     killed = runs[runs["tags.mlflow.runName"] == "killed"]
     assert len(killed) == 1 and killed.iloc[0]["run_id"] == run_id  # the same MLflow run continued
     assert killed.iloc[0]["tags.resumed_from_step"] == str(ckpt["step"])
-
+    assert tracking.get_run(run_id).info.status == "FINISHED"
 
 
 def test_cli_flags_map_to_configs():

@@ -10,11 +10,26 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-
-LOG_FILE = Path("logs") / "training.log"  # relative to the working directory, as users expect
-
 log = logging.getLogger(__name__)
+
+
+TRAIN_EPILOG = """\
+settings: defaults from foodlab/config.py, then --config FILE (YAML with data:, model:,
+train: sections; unknown keys and wrong types are refused naming file and key), then flags.
+
+each run writes <out-dir>/<experiment>/<run-name or UTC time>-<MLflow run id[:8]>/:
+last.pt + previous.pt (for --resume), best.pt, model.pt and training.log; best.pt,
+model.pt and training.log are also logged to the MLflow run.
+
+--resume             continue the experiment's latest run (refused while it is running)
+--resume FOLDER      continue that run folder
+--resume RUN_ID      continue the run with that MLflow run id
+a resume must keep the run's image size, classes, head, data, batch size and lr; a larger
+--epochs extends it: the lr continues from where it stands down to lr/100 (never back up).
+
+exit codes: 0 done, 1 failed (message says why), 2 bad flags or settings, 3 loss diverged,
+130 interrupted (a checkpoint was saved; --resume continues).
+"""
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -43,10 +58,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
                    help="continue a run: a run folder, an MLflow run id, or nothing for the experiment's latest run")
     p.add_argument("--experiment", help="MLflow experiment")
-    p.add_argument("--run-name", help="MLflow run name (also names the checkpoint folder)")
+    p.add_argument("--run-name", help="MLflow run name (also names the run folder)")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--out-dir", help="checkpoints go to <out-dir>/<run-name or experiment>/")
+    p.add_argument("--out-dir", help="each run gets <out-dir>/<experiment>/<run-name or UTC time>-<MLflow run id>/")
     p.add_argument("--val-fraction", type=float, help="seeded holdout when the dataset has no val split")
     p.add_argument("--freeze-image-encoder", action="store_true", default=None)
     p.add_argument("--sam2-checkpoint", metavar="PATH")
@@ -90,13 +105,11 @@ def configs_from_args(args: argparse.Namespace):
     return data, model, train
 
 
-def _setup_file_logging() -> None:
+def _setup_rank_logging() -> None:
+    """Rank 0 keeps the console level; other DDP ranks log warnings only (each run's file log is its folder's)."""
     from foodlab.logging_setup import setup_logging
 
-    root = logging.getLogger()
-    if int(os.environ.get("RANK", "0")) == 0:
-        setup_logging(root.level or logging.INFO, log_file=LOG_FILE)
-    else:  # other DDP ranks: warnings only, and not into rank 0's file
+    if int(os.environ.get("RANK", "0")) != 0:
         setup_logging(logging.WARNING)
 
 
@@ -104,7 +117,7 @@ def _run(args: argparse.Namespace, distill: bool) -> int:
     from foodlab.tracking import TrackingUnavailable
     from foodlab.train.loop import TrainingDiverged
 
-    _setup_file_logging()
+    _setup_rank_logging()
     data, model, train_cfg = configs_from_args(args)
     try:
         if distill:
@@ -126,16 +139,18 @@ def _run(args: argparse.Namespace, distill: bool) -> int:
         return 3
     if result.interrupted:
         print(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}; "
-              "run the same command with --resume to continue", file=sys.stderr)
+              f"continue with: foodlab {'distill' if distill else 'train'} --resume {result.run_folder}",
+              file=sys.stderr)
         return 130
-    log.info("done: %d steps, best val mIoU %.4f, run %s, best checkpoint %s",
-             result.steps, result.best_miou, result.run_id, result.best_checkpoint)
+    log.info("done: %d steps, best val mIoU %.4f, run %s, folder %s (best.pt, last.pt, model.pt, training.log)",
+             result.steps, result.best_miou, result.run_id, result.run_folder)
     return 0
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train the lightweight head (or SAM2) with MLflow tracking",
-                       description="Train on a dataset folder, or on the built-in synthetic dataset without --data.")
+                       description="Train on a dataset folder, or on the built-in synthetic dataset without --data.",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_flags(p)
     p.set_defaults(func=lambda args: _run(args, distill=False))
 

@@ -1,9 +1,10 @@
 """The training loop: ``train(data_cfg, model_cfg, train_cfg)`` -> a tracked, checkpointed run.
 
-Order matters and is the point of this file: check the MLflow store first (an
-unreachable server fails before any data or model is built), then data, model,
-optimizer, and a resume from ``last.pt`` if asked; then epochs of
-``train_one_epoch`` + ``evaluate``, each ending in an atomic checkpoint. A batch
+Order matters and is the point of this file: refuse settings that cannot work and
+check the MLflow store first (both fail before any data or model is built); then the
+run's own locked folder (``run_folder``), data, model, optimizer, and a resume if asked;
+then epochs of ``train_one_epoch`` + ``evaluate``, each ending in an atomic checkpoint;
+then the run's files go to MLflow (``run_tracking``). A batch
 is anything ``step_fn(model, batch) -> (loss, logits, target)`` understands, so
 supervised training, full-SAM2 training, decoder-only training on cached
 embeddings and distillation all run through this one loop.
@@ -25,27 +26,28 @@ from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig, as_dict
+from foodlab.errors import FoodlabError, UsageError
 from foodlab.labels import class_ids
+from foodlab.logging_setup import log_to_file
+from foodlab.train import run_tracking, schedule
 from foodlab.train.build import build_datasets, build_model, sam2_decoder_setup
-from foodlab.train.checkpoint import (
-    StopOnSignal,
-    restore_training_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    training_state,
-)
+from foodlab.train.checkpoint import (StopOnSignal, load_checkpoint, restore_training_state, rng_state,
+                                      set_rng_state, training_state)
 from foodlab.train.ddp import Dist, ResumableSampler
 from foodlab.train.losses import segmentation_loss
 from foodlab.train.metrics import SegMetrics, overlay_figure
+from foodlab.train.run_folder import RunFolder, find_run
+from foodlab.train.settings_check import check_settings, resume_changes, resume_conflicts
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(FoodlabError):
     """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TrainResult:
     skipped: dict = field(default_factory=dict)  # the dataset's bad-sample report
     history: list[dict] = field(default_factory=list)  # one entry per epoch
     interrupted: bool = False
+    run_folder: Path | None = None             # <out_dir>/<experiment>/<run>/ (see run_folder)
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Session:
     track: bool
     progress: bool
     max_steps: int | None
+    num_classes: int
     step: int = 0
 
 
@@ -205,10 +209,6 @@ class Progress:
     interrupted: bool = False
 
     @property
-    def fresh(self) -> bool:
-        return self.epoch == 0 and self.batch == 0 and not self.history
-
-    @property
     def train_time_s(self) -> float:
         """Time spent training (no validation, no logging), summed over resumes."""
         return self.history[-1]["train_time_s"] if self.history else 0.0
@@ -235,7 +235,9 @@ def train(
     ``datasets=(train, val, full)``, ``model`` and ``step_fn`` replace the defaults built
     from the configs (distillation and the benchmarks use them); ``on_epoch_end(entry)``
     returning True stops after that epoch; ``track=False`` runs without MLflow.
+    Settings that cannot work raise ``UsageError`` before any work.
     """
+    check_settings(data_cfg, model_cfg, train_cfg, max_steps)
     device = devices.resolve_device(train_cfg.device)
     dist = Dist.from_env(device.type)
     if dist.enabled and device.type == "cuda":
@@ -252,66 +254,113 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
            on_epoch_end, extra_params) -> TrainResult:
     if track:  # before any data or model work: a dead tracking server fails here, in seconds
         tracking.configure(check=True)
-    if model_cfg.num_classes != data_cfg.num_classes:
-        raise ValueError(f"model num_classes={model_cfg.num_classes} but data num_classes={data_cfg.num_classes}")
-    log.info("Using device: %s (%s)", devices.device_name(device), device)
-    seed_everything(train_cfg.seed)
-    datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets, model,
-                                                   step_fn)
-    s, loaders = _session(model, step_fn, datasets, model_cfg, train_cfg, device, dist, track=track,
-                          progress=progress, max_steps=max_steps)
-    ckpt_dir = Path(train_cfg.out_dir) / (train_cfg.run_name or train_cfg.experiment)
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    state = _resume(s, last_path) if train_cfg.resume else Progress()
-    _mark_head_trained(s.raw_model, s.step)
     configs = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(train_cfg)}
-    run_ctx = (tracking.start_run(train_cfg.experiment, train_cfg.run_name, run_id=state.run_id,
-                                  log_system_metrics=True) if track else contextlib.nullcontext())
-    with run_ctx as run, StopOnSignal() as stop:
-        state.run_id = run.info.run_id if track else None
+    with contextlib.ExitStack() as stack:
+        if train_cfg.resume:  # the folder and its checkpoint first: a refused resume never touches the MLflow run
+            folder, ckpt = _open_resumed_run(stack, train_cfg, configs, dist)
+            datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets,
+                                                           model, step_fn)
+            _check_same_data(ckpt, datasets[2], folder)
+            run_id = _start_tracking(stack, train_cfg, ckpt["run_id"]) if track else ckpt.get("run_id")
+        else:  # the MLflow run first: its id names the folder, and a crash from here on ends it FAILED
+            ckpt, run_id = None, _start_tracking(stack, train_cfg, None) if track else None
+            folder = _open_new_run(stack, train_cfg, run_id, dist)
+            datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets,
+                                                           model, step_fn)
+        seed_everything(train_cfg.seed)
+        s, loaders = _session(model, step_fn, datasets, model_cfg, train_cfg, device, dist, track=track,
+                              progress=progress, max_steps=max_steps)
+        state = _resume(s, ckpt, configs) if ckpt is not None else Progress(run_id=run_id)
+        state.run_id = run_id
         if track:
-            _log_run_start(s, state, configs, loaders, extra_params)
-
-        def save(epoch: int, batch: int, rng: dict, paths: tuple[Path, ...]) -> None:
-            if dist.is_main:
-                ckpt = training_state(s, epoch, batch, rng, {"best_miou": state.best_miou, "history": state.history,
-                                                              "run_id": state.run_id, "configs": configs})
-                for path in paths:
-                    save_checkpoint(ckpt, path)
-
-        for epoch in range(state.epoch, train_cfg.epochs):
-            skip = state.batch if epoch == state.epoch else 0
-            loaders.sampler.set_epoch(epoch, skip=skip * train_cfg.batch_size)
-            loaders.train.generator = torch.Generator().manual_seed(train_cfg.seed + epoch)  # worker seeds
-            t_epoch = time.perf_counter()
-            train_time = state.train_time_s
-            st = train_one_epoch(s, loaders.train, epoch, skip, stop)
-            train_time += time.perf_counter() - t_epoch
-            _mark_head_trained(s.raw_model, s.step)
-            rng = rng_state()
-            if st["reason"] == "signal":
-                save(epoch, st["batch"], rng, (last_path,))
-                _log_interrupted(s, state, epoch, st["batch"], last_path)
-                break
-            entry = _end_epoch(s, state, loaders, st, epoch, t_epoch, train_time, model_cfg.num_classes)
-            position = (epoch + 1, 0) if st["complete"] else (epoch, st["batch"])
-            improved = entry["val_miou"] > state.best_miou
-            state.best_miou = max(state.best_miou, entry["val_miou"])
-            save(*position, rng, (last_path, best_path) if improved else (last_path,))
-            set_rng_state(rng)  # validation and logging must not shift the training RNG stream
-            if st["reason"] == "max_steps" or (on_epoch_end is not None and on_epoch_end(entry)):
-                break
+            run_tracking.log_run_start(s, loaders.full_ds, configs, {
+                "train_images": len(loaders.train_ds), "val_images": len(loaders.val_ds), "max_steps": max_steps,
+                "amp_dtype": str(s.amp_dtype).replace("torch.", "")}, extra_params,
+                changes=resume_changes(ckpt["configs"], configs) if ckpt is not None else None)
+        try:
+            _epochs(s, state, loaders, folder, configs, stack.enter_context(StopOnSignal()), on_epoch_end)
+        except KeyboardInterrupt:
+            if track:
+                run_tracking.finish(folder, state.interrupted, log_model=None, skipped=None, status="KILLED")
+            raise
+        except BaseException:
+            if track:
+                run_tracking.finish(folder, state.interrupted, log_model=None, skipped=None, status="FAILED")
+            raise
         skipped = loaders.full_ds.bad_report() if hasattr(loaders.full_ds, "bad_report") else {}
+        if state.history:
+            log.info("final: %s", ", ".join(f"{k} {v:.4g}" for k, v in state.history[-1].items()
+                                            if isinstance(v, float)))
         if track:
-            _log_final_artifacts(s.raw_model, skipped, ckpt_dir, state.history[-1] if state.history else {})
+            run_tracking.finish(folder, state.interrupted, log_model=s.raw_model, skipped=skipped,
+                                status="KILLED" if state.interrupted else "FINISHED")
+        elif dist.is_main and not state.interrupted:
+            run_tracking.save_final_model(s.raw_model, folder.model)
     dist.barrier()
     return TrainResult(state.run_id, state.best_miou, state.history[-1] if state.history else {},
-                       best_path if best_path.exists() else None, last_path if last_path.exists() else None,
-                       s.step, len(state.history), skipped, state.history, state.interrupted)
+                       folder.best if folder.best.exists() else None, folder.last if folder.last.exists() else None,
+                       s.step, len(state.history), skipped, state.history, state.interrupted, folder.path)
+
+
+class _SharedFolder:
+    """What ranks other than 0 see of the run folder: its paths, no lock (rank 0 holds it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    last, previous, best = RunFolder.last, RunFolder.previous, RunFolder.best
+    model, log_file = RunFolder.model, RunFolder.log_file
+
+
+def _start_tracking(stack: contextlib.ExitStack, cfg: TrainConfig, run_id: str | None) -> str:
+    run = stack.enter_context(tracking.start_run(cfg.experiment, cfg.run_name, run_id=run_id,
+                                                 log_system_metrics=True))
+    return run.info.run_id
+
+
+def _open_new_run(stack: contextlib.ExitStack, cfg: TrainConfig, run_id: str | None, dist: Dist):
+    """Rank 0 creates and locks the run's folder and logs into it; the other ranks learn its path."""
+    if not dist.is_main:
+        return _SharedFolder(dist.broadcast(None))
+    folder = stack.enter_context(RunFolder.create(cfg.out_dir, cfg.experiment, cfg.run_name, run_id))
+    stack.enter_context(log_to_file(folder.log_file))
+    log.info("run folder %s", folder.path)
+    dist.broadcast(folder.path)
+    return folder
+
+
+def _open_resumed_run(stack: contextlib.ExitStack, cfg: TrainConfig, configs: dict, dist: Dist):
+    """The folder ``--resume`` names, locked, and its newest good checkpoint, checked against the settings given."""
+    if dist.is_main:
+        folder = stack.enter_context(RunFolder(find_run(cfg.out_dir, cfg.experiment, cfg.resume)))
+        stack.enter_context(log_to_file(folder.log_file))
+        ckpt = folder.load_last()
+        conflicts = resume_conflicts(ckpt.get("configs", {}), configs)
+        if conflicts:
+            raise UsageError(f"cannot resume {folder.path}: settings differ from the run's: {'; '.join(conflicts)}; "
+                             "resume with the run's settings or start a new run")
+        dist.broadcast((folder.path, ckpt["step"]))
+        return folder, ckpt
+    path, step = dist.broadcast(None)
+    shared = _SharedFolder(path)
+    for candidate in (shared.last, shared.previous):  # the file rank 0 chose: the one at its step
+        ckpt = load_checkpoint(candidate)
+        if ckpt["step"] == step:
+            return shared, ckpt
+    raise FoodlabError(f"rank {dist.rank}: no checkpoint at step {step} in {path}")
+
+
+def _check_same_data(ckpt: dict, full_ds, folder) -> None:
+    saved, now = ckpt.get("dataset_fingerprint"), str(getattr(full_ds, "fingerprint", "n/a"))
+    if saved is not None and saved != now:
+        raise UsageError(f"cannot resume {folder.path}: the dataset changed (fingerprint {now}, run: {saved}); "
+                         "resume on the run's data or start a new run")
 
 
 def _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets, model, step_fn):
     """(train, val, full) datasets, the model to train and its step function; given ones win over the configs."""
+    log.info("Using device: %s (%s)", devices.device_name(device), device)
+    seed_everything(train_cfg.seed)
     if dist.enabled and not dist.is_main:
         dist.barrier()  # rank 0 first: it generates the synthetic data, index caches and SAM2 embeddings once
     if train_cfg.sam2_cached_embeddings and not model_cfg.use_lightweight_head and datasets is None:
@@ -346,9 +395,9 @@ def _session(raw_model, step_fn, datasets, model_cfg, train_cfg, device, dist, *
     val_share = val_ds if not dist.enabled else torch.utils.data.Subset(
         val_ds, list(range(dist.rank, len(val_ds), dist.world_size)))
     val_loader = make_loader(val_share, bs, device, num_workers=workers, shuffle=False, seed=train_cfg.seed)
-    steps_per_epoch = math.ceil(len(loader) / max(1, train_cfg.accum_steps))
-    total_steps = max(1, steps_per_epoch * train_cfg.epochs if max_steps is None else max_steps)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    steps_per_epoch = math.ceil(len(loader) / train_cfg.accum_steps)
+    total_steps = steps_per_epoch * train_cfg.epochs if max_steps is None else max_steps
+    scheduler = schedule.cosine_schedule(optimizer, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=devices.needs_grad_scaler(device, amp_dtype))
 
     fwd = dist.wrap(raw_model, device, find_unused=not model_cfg.use_lightweight_head)
@@ -356,21 +405,23 @@ def _session(raw_model, step_fn, datasets, model_cfg, train_cfg, device, dist, *
         fwd = torch.compile(fwd)
     session = Session(model=fwd, raw_model=raw_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                       step_fn=step_fn, device=device, amp_dtype=amp_dtype, cfg=train_cfg, dist=dist, track=track,
-                      progress=progress, max_steps=max_steps)
+                      progress=progress, max_steps=max_steps, num_classes=model_cfg.num_classes)
     return session, Loaders(train_ds, val_ds, full_ds, sampler, loader, val_loader)
 
 
-def _resume(s: Session, last_path: Path) -> Progress:
-    """Load ``last_path`` into the session; a missing one starts from scratch with a warning."""
-    if not last_path.exists():
-        log.warning("--resume: no checkpoint at %s, starting from scratch", last_path)
-        return Progress()
-    ckpt = restore_training_state(last_path, s.raw_model, s.optimizer, s.scheduler, s.scaler)
-    if ckpt["configs"]["train"]["batch_size"] != s.cfg.batch_size:
-        raise ValueError(f"{last_path} was trained with batch size {ckpt['configs']['train']['batch_size']}; "
-                         "resume with the same --batch-size (the saved position counts batches)")
+def _resume(s: Session, ckpt: dict, configs: dict) -> Progress:
+    """Load the checkpoint into the session; a larger ``--epochs`` extends the lr plan from where the run stands."""
+    planned = schedule.planned_steps(s.scheduler)
+    restore_training_state(ckpt, s.raw_model, s.optimizer, s.scheduler, s.scaler)
     s.step = ckpt["step"]
-    log.info("resuming from %s: epoch %d, batch %d, step %d", last_path, ckpt["epoch"] + 1, ckpt["batch"], s.step)
+    _mark_head_trained(s.raw_model, s.step)
+    old_epochs = ckpt["configs"]["train"]["epochs"]
+    if configs["train"]["epochs"] > old_epochs and planned > schedule.planned_steps(s.scheduler):
+        log.info("extending the run from %d to %d epochs: lr continues from %.3g down to %.3g over %d steps",
+                 old_epochs, configs["train"]["epochs"], s.optimizer.param_groups[0]["lr"],
+                 s.cfg.lr * schedule.MIN_LR_FRACTION, planned)
+        schedule.extend(s.scheduler, planned)
+    log.info("resuming at epoch %d, batch %d, step %d", ckpt["epoch"] + 1, ckpt["batch"], s.step)
     return Progress(ckpt["epoch"], ckpt["batch"], ckpt["best_miou"], ckpt["history"], ckpt["run_id"])
 
 
@@ -380,33 +431,51 @@ def _mark_head_trained(model: nn.Module, step: int) -> None:
         model.head_trained = True
 
 
-def _log_run_start(s: Session, state: Progress, configs: dict, loaders: Loaders, extra_params: dict) -> None:
-    """Tags describing the machine and data; params once, at the start of a fresh run."""
-    amp_dtype = str(s.amp_dtype).replace("torch.", "")
-    tracking.set_tags({"device": devices.device_name(s.device), "device_type": s.device.type,
-                       "torch_version": torch.__version__, "foodlab_commit": tracking.git_commit(),
-                       "dataset_fingerprint": str(getattr(loaders.full_ds, "fingerprint", "n/a")),
-                       "world_size": s.dist.world_size, "amp_dtype": amp_dtype})
-    if state.fresh and s.step == 0:
-        tracking.log_params({**configs, "run": {"train_images": len(loaders.train_ds),
-                                                "val_images": len(loaders.val_ds), "amp_dtype": amp_dtype,
-                                                "max_steps": s.max_steps}, **extra_params})
-    else:
-        tracking.set_tags({"resumed_from_step": s.step})
+def _epochs(s: Session, state: Progress, loaders: Loaders, folder, configs: dict, stop: StopOnSignal,
+            on_epoch_end: Callable[[dict], bool] | None) -> None:
+    """Epochs until the plan, ``max_steps``, ``on_epoch_end`` or a stop signal ends them; each ends in a checkpoint."""
+    fingerprint = str(getattr(loaders.full_ds, "fingerprint", "n/a"))
 
+    def checkpoint(epoch: int, batch: int, rng: dict) -> dict:
+        return training_state(s, epoch, batch, rng, {"best_miou": state.best_miou, "history": state.history,
+                                                     "run_id": state.run_id, "configs": configs,
+                                                     "dataset_fingerprint": fingerprint})
 
-def _log_interrupted(s: Session, state: Progress, epoch: int, batch: int, last_path: Path) -> None:
-    if s.track:
-        tracking.set_tags({"interrupted_at_step": s.step})
-    log.warning("stopped by signal at step %d (epoch %d, batch %d); checkpoint %s; continue with --resume",
-                s.step, epoch + 1, batch, last_path)
-    state.interrupted = True
+    for epoch in range(state.epoch, s.cfg.epochs):
+        skip = state.batch if epoch == state.epoch else 0
+        loaders.sampler.set_epoch(epoch, skip=skip * s.cfg.batch_size)
+        loaders.train.generator = torch.Generator().manual_seed(s.cfg.seed + epoch)  # worker seeds
+        t_epoch, train_time = time.perf_counter(), state.train_time_s
+        st = train_one_epoch(s, loaders.train, epoch, skip, stop)
+        train_time += time.perf_counter() - t_epoch
+        _mark_head_trained(s.raw_model, s.step)
+        rng = rng_state()
+        if st["reason"] == "signal":
+            if s.dist.is_main:
+                folder.save_last(checkpoint(epoch, st["batch"], rng))
+            if s.track:
+                tracking.set_tags({"interrupted_at_step": s.step})
+            log.warning("stopped by signal at step %d (epoch %d, batch %d); checkpoint %s; continue with "
+                        "--resume %s", s.step, epoch + 1, st["batch"], folder.last, folder.path)
+            state.interrupted = True
+            return
+        entry = _end_epoch(s, state, loaders, st, epoch, t_epoch, train_time)
+        improved = entry["val_miou"] > state.best_miou
+        state.best_miou = max(state.best_miou, entry["val_miou"])
+        if s.dist.is_main:
+            ckpt = checkpoint(*((epoch + 1, 0) if st["complete"] else (epoch, st["batch"])), rng)
+            folder.save_last(ckpt)
+            if improved:
+                folder.save_best(ckpt)
+        set_rng_state(rng)  # validation and logging must not shift the training RNG stream
+        if st["reason"] == "max_steps" or (on_epoch_end is not None and on_epoch_end(entry)):
+            return
 
 
 def _end_epoch(s: Session, state: Progress, loaders: Loaders, st: dict, epoch: int, t_epoch: float,
-               train_time: float, num_classes: int) -> dict:
+               train_time: float) -> dict:
     """Validate, record the epoch in the history, log its metrics and an overlay figure; returns the entry."""
-    val, sample = evaluate(s, loaders.val, num_classes)
+    val, sample = evaluate(s, loaders.val, s.num_classes)
     entry = {"epoch": epoch + 1, "step": s.step, "train_loss": st["loss_sum"] / max(1, st["images"]),
              "images_per_s": st["images"] / max(st["busy_s"], 1e-9),
              "data_wait_fraction": st["wait_s"] / max(st["busy_s"], 1e-9),
@@ -423,22 +492,3 @@ def _end_epoch(s: Session, state: Progress, loaders: Loaders, st: dict, epoch: i
              "data wait %.0f%%, %.1fs", epoch + 1, s.cfg.epochs, entry["train_loss"], val["loss"], val["miou"],
              val["dice"], entry["images_per_s"], 100 * entry["data_wait_fraction"], entry["epoch_s"])
     return entry
-
-
-def _log_final_artifacts(raw_model: nn.Module, skipped: dict, ckpt_dir: Path, metrics: dict) -> None:
-    """Bad-sample report, the model file (the head, or the whole trained module) and logs/training.log."""
-    tracking.log_dict(skipped, "bad_samples.json")
-    model_file = ckpt_dir / "model.pt"
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    if getattr(raw_model, "use_lightweight_head", False):
-        raw_model.save_head(model_file)  # head name + num_classes + weights: FoodDetector.from_head_file reads it
-    else:
-        torch.save(raw_model.state_dict(), model_file)
-    tracking.log_artifact(model_file, "model")
-    for handler in logging.getLogger().handlers:
-        path = getattr(handler, "baseFilename", None)
-        if path and Path(path).exists():
-            handler.flush()
-            tracking.log_artifact(path, "logs")
-    if metrics:
-        log.info("final: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
