@@ -29,11 +29,22 @@ def test_torchrun_two_processes_gloo(tmp_path):
     runs = tracking.search_runs(["ddp"])
     assert len(runs) == 1  # rank 1 never logged
     assert runs.iloc[0]["tags.world_size"] == "2"
-    ckpt = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")
+    (folder,) = (tmp_path / "runs" / "ddp").glob("two-*")
+    assert folder.name == f"two-{runs.iloc[0]['run_id'][:8]}"
+    ckpt = load_checkpoint(folder / "last.pt")
     # 9 train images over 2 ranks -> 5 each (padded), batch 2 -> 2 full batches per rank = 1 step of 2 micro-batches
     assert ckpt["step"] == 1 and ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not list((tmp_path / "runs").glob("**/*.tmp"))
+
+    # every rank continues from the folder rank 0 found and locked, in the same MLflow run
+    args[args.index("--epochs") + 1] = "2"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "foodlab.train", *args, "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ckpt = load_checkpoint(folder / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["epoch"] == 2 and len(tracking.search_runs(["ddp"])) == 1
 
 
 def test_resumable_sampler_skips_exactly_what_was_consumed():
