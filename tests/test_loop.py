@@ -18,7 +18,8 @@ from foodlab import tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
 from foodlab.errors import UsageError
 from foodlab.train.checkpoint import load_checkpoint
-from foodlab.train.loop import TrainingDiverged, train
+from foodlab.train.epoch import TrainingDiverged
+from foodlab.train.loop import train
 from foodlab.train.schedule import MIN_LR_FRACTION
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
-from foodlab.train.loop import train
 from foodlab.train.build import sam2_decoder_setup
+from foodlab.train.loop import train
 
 DATA = DataConfig(synth_n=4, synth_size=32, image_size=32)
 MODEL = ModelConfig(use_lightweight_head=False, freeze_image_encoder=True)

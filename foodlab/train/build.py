@@ -129,8 +129,8 @@ def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: 
         features, masks = batch
         logits = m(features, masks)
         return segmentation_loss(logits, masks), logits, masks
-    return {"datasets": (wrap_under_split(train_ds, embedded), wrap_under_split(val_ds, embedded), full), "model": model,
-            "step_fn": step}
+    datasets = (wrap_under_split(train_ds, embedded), wrap_under_split(val_ds, embedded), full)
+    return {"datasets": datasets, "model": model, "step_fn": step}
 
 
 def build_model(model_cfg: ModelConfig, device: torch.device) -> nn.Module:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+
 log = logging.getLogger(__name__)
 
 
@@ -115,7 +116,7 @@ def _setup_rank_logging() -> None:
 
 def _run(args: argparse.Namespace, distill: bool) -> int:
     from foodlab.tracking import TrackingUnavailable
-    from foodlab.train.loop import TrainingDiverged
+    from foodlab.train.epoch import TrainingDiverged
 
     _setup_rank_logging()
     data, model, train_cfg = configs_from_args(args)

@@ -27,7 +27,8 @@ from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
 from foodlab.labels import class_ids
 from foodlab.train.build import build_datasets, wrap_under_split
-from foodlab.train.loop import StepFn, TrainResult, train
+from foodlab.train.epoch import StepFn
+from foodlab.train.loop import TrainResult, train
 from foodlab.train.losses import segmentation_loss
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,6 @@ def distill(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig
 
     params = {"distill": {"teacher": teacher, "targets": targets, "alpha": alpha,
                           "teacher_image_size": teacher_image_size}}
+    datasets = (wrap_under_split(train_ds, with_teacher), wrap_under_split(val_ds, with_teacher), full)
     return train(data_cfg, model_cfg, train_cfg, max_steps=max_steps, progress=progress, track=track,
-                 datasets=(wrap_under_split(train_ds, with_teacher), wrap_under_split(val_ds, with_teacher), full), step_fn=step_fn,
-                 extra_params=params)
+                 datasets=datasets, step_fn=step_fn, extra_params=params)
