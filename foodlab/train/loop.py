@@ -114,37 +114,38 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
     if track:  # before any data or model work: a dead tracking server fails here, in seconds
         tracking.configure(check=True)
     configs = {"data": as_dict(data_cfg), "model": as_dict(model_cfg), "train": as_dict(train_cfg)}
+    folder = None
     with contextlib.ExitStack() as stack:
-        if train_cfg.resume:  # the folder and its checkpoint first: a refused resume never touches the MLflow run
-            folder, ckpt = _open_resumed_run(stack, train_cfg, configs, dist)
-            datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets,
-                                                           model, step_fn)
-            _check_same_data(ckpt, datasets[2], folder)
-            run_id = _start_tracking(stack, train_cfg, ckpt["run_id"]) if track else ckpt.get("run_id")
-        else:  # the MLflow run first: its id names the folder, and a crash from here on ends it FAILED
-            ckpt, run_id = None, _start_tracking(stack, train_cfg, None) if track else None
-            folder = _open_new_run(stack, train_cfg, run_id, dist)
-            datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist, datasets,
-                                                           model, step_fn)
-        seed_everything(train_cfg.seed)
-        s, loaders = _session(model, step_fn, datasets, model_cfg, train_cfg, device, dist, track=track,
-                              progress=progress, max_steps=max_steps)
-        state = _resume(s, ckpt, configs) if ckpt is not None else Progress(run_id=run_id)
-        state.run_id = run_id
-        if track:
-            run_tracking.log_run_start(s, loaders.full_ds, configs, {
-                "train_images": len(loaders.train_ds), "val_images": len(loaders.val_ds), "max_steps": max_steps,
-                "amp_dtype": str(s.amp_dtype).replace("torch.", "")}, extra_params,
-                changes=resume_changes(ckpt["configs"], configs) if ckpt is not None else None)
+        stop = stack.enter_context(StopOnSignal())  # from here on a signal ends the run KILLED, not half-logged
         try:
-            _epochs(s, state, loaders, folder, configs, stack.enter_context(StopOnSignal()), on_epoch_end)
-        except KeyboardInterrupt:
+            if train_cfg.resume:  # folder and checkpoint first: a refused resume never touches the MLflow run
+                folder, ckpt = _open_resumed_run(stack, train_cfg, configs, dist)
+                datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist,
+                                                               datasets, model, step_fn)
+                _check_same_data(ckpt, datasets[2], folder)
+                run_id = _start_tracking(stack, train_cfg, ckpt["run_id"]) if track else ckpt.get("run_id")
+            else:  # the MLflow run first: its id names the folder
+                ckpt, run_id = None, _start_tracking(stack, train_cfg, None) if track else None
+                folder = _open_new_run(stack, train_cfg, run_id, dist)
+                datasets, model, step_fn = _datasets_and_model(data_cfg, model_cfg, train_cfg, device, dist,
+                                                               datasets, model, step_fn)
+            if stop.requested:
+                raise KeyboardInterrupt  # stopped while data and model were being built: nothing to save yet
+            seed_everything(train_cfg.seed)
+            s, loaders = _session(model, step_fn, datasets, model_cfg, train_cfg, device, dist, track=track,
+                                  progress=progress, max_steps=max_steps)
+            state = _resume(s, ckpt, configs) if ckpt is not None else Progress()
+            state.run_id = run_id
             if track:
-                run_tracking.finish(folder, state.interrupted, log_model=None, skipped=None, status="KILLED")
-            raise
-        except BaseException:
-            if track:
-                run_tracking.finish(folder, state.interrupted, log_model=None, skipped=None, status="FAILED")
+                run_tracking.log_run_start(s, loaders.full_ds, configs, {
+                    "train_images": len(loaders.train_ds), "val_images": len(loaders.val_ds),
+                    "max_steps": max_steps, "amp_dtype": str(s.amp_dtype).replace("torch.", "")}, extra_params,
+                    changes=resume_changes(ckpt["configs"], configs) if ckpt is not None else None)
+            _epochs(s, state, loaders, folder, configs, stop, on_epoch_end)
+        except BaseException as exc:  # Ctrl-C ends the MLflow run KILLED, anything else FAILED
+            if track and folder is not None and tracking.active_run_id() is not None:
+                run_tracking.finish(folder, interrupted=True, log_model=None, skipped=None,
+                                    status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         skipped = loaders.full_ds.bad_report() if hasattr(loaders.full_ds, "bad_report") else {}
         if state.history:

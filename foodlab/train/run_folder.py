@@ -125,10 +125,11 @@ def _has_checkpoint(folder: Path) -> bool:
     return (folder / "last.pt").exists() or (folder / "previous.pt").exists()
 
 
-def find_run(out_dir: str | Path, experiment: str, resume: str) -> Path:
-    """The run folder ``--resume`` means: ``latest`` (the experiment's newest run), a folder, or an MLflow run id."""
+def find_run(out_dir: str | Path, experiment: str, resume: str | bool) -> Path:
+    """The run folder ``--resume`` means: ``latest`` (or True: the experiment's newest run), a folder, or an
+    MLflow run id."""
     out_dir = Path(out_dir)
-    if resume == LATEST:
+    if resume is True or resume == LATEST:
         runs = [p for p in (out_dir / experiment).glob("*") if p.is_dir() and _has_checkpoint(p)]
         if not runs:
             raise UsageError(f"--resume: no run of experiment {experiment!r} under {out_dir / experiment} to "
