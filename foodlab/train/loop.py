@@ -157,9 +157,12 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
         elif dist.is_main and not state.interrupted:
             run_tracking.save_final_model(s.raw_model, folder.model)
     dist.barrier()
-    return TrainResult(state.run_id, state.best_miou, state.history[-1] if state.history else {},
-                       folder.best if folder.best.exists() else None, folder.last if folder.last.exists() else None,
-                       s.step, len(state.history), skipped, state.history, state.interrupted, folder.path)
+    return TrainResult(run_id=state.run_id, best_miou=state.best_miou,
+                       metrics=state.history[-1] if state.history else {},
+                       best_checkpoint=folder.best if folder.best.exists() else None,
+                       last_checkpoint=folder.last if folder.last.exists() else None, steps=s.step,
+                       epochs=len(state.history), skipped=skipped, history=state.history,
+                       interrupted=state.interrupted, run_folder=folder.path)
 
 
 class _SharedFolder:
