@@ -57,11 +57,15 @@ class RunFolder:
         stem = run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         name = f"{stem}-{run_id[:8]}" if run_id else stem
         base = Path(out_dir) / experiment
-        path, n = base / name, 1
-        while path.exists():  # same run name without tracking, or two starts in one second
-            n += 1
-            path = base / f"{name}-{n}"
-        return cls(path)
+        base.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):  # same run name without tracking, or two starts in one second
+            path = base / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()  # atomic: of two processes starting at once, one gets each name
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise FoodlabError(f"{base} already holds 9,999 runs named {name}*; pick another --run-name")
 
     last = property(lambda self: self.path / "last.pt")
     previous = property(lambda self: self.path / "previous.pt")
