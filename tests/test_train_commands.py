@@ -156,7 +156,7 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch
 
 SLOW_CLI = """
 import sys, time
-from foodlab.data import FoodSegDataset
+from foodlab.data.dataset import FoodSegDataset
 get = FoodSegDataset.__getitem__
 FoodSegDataset.__getitem__ = lambda self, i: (time.sleep(0.15), get(self, i))[1]
 from foodlab.cli import main
