@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from foodlab.atomic import atomic_write
 from foodlab.devices import resolve_device
 from foodlab.labels import class_ids
 from foodlab.models.lightweight import build_head
@@ -139,10 +140,11 @@ class FoodDetector(nn.Module):
 
     # ------------------------------------------------------------ head checkpoints
     def save_head(self, path: str | Path) -> Path:
+        """Head name, classes and weights (what ``from_head_file`` needs), written atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
-        torch.save({"head": self.head_name, "num_classes": self.num_classes, "state_dict": state}, path)
+        with atomic_write(path) as f:
+            torch.save({"head": self.head_name, "num_classes": self.num_classes, "state_dict": state}, f)
         return path
 
     @staticmethod

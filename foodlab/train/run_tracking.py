@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from foodlab import devices, tracking
+from foodlab.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def save_final_model(model: nn.Module, path: Path) -> Path:
     the whole trained module's state dict."""
     if getattr(model, "use_lightweight_head", False) and hasattr(model, "save_head"):
         return model.save_head(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    with atomic_write(path) as f:
+        torch.save(model.state_dict(), f)
     return path
 
 
