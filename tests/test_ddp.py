@@ -17,8 +17,8 @@ from foodlab.train.ddp import Dist, ResumableSampler
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     args = ["--synthetic-n", "12", "--image-size", "32", "--batch-size", "2", "--device", "cpu", "--num-workers", "0",
-            "--no-progress", "--epochs", "1", "--accum-steps", "2", "--val-fraction", "0.25", "--out-dir", "runs", "--experiment", "ddp",
-            "--run-name", "two"]
+            "--no-progress", "--epochs", "1", "--accum-steps", "2", "--val-fraction", "0.25", "--out-dir", "runs",
+            "--experiment", "ddp", "--run-name", "two"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "foodlab.train", *args], cwd=tmp_path, capture_output=True, text=True,

@@ -72,7 +72,8 @@ def overlay_figure(images: torch.Tensor, target: torch.Tensor, pred: torch.Tenso
             ax.imshow(img)
             if mask is not None:
                 m = mask.cpu().numpy()
-                ax.imshow(np.ma.masked_where((m == 0) | (m == IGNORE_INDEX), m), cmap="tab20", alpha=0.55, vmin=0, vmax=vmax)
+                shown = np.ma.masked_where((m == 0) | (m == IGNORE_INDEX), m)
+                ax.imshow(shown, cmap="tab20", alpha=0.55, vmin=0, vmax=vmax)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
