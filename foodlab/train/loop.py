@@ -193,18 +193,28 @@ def _open_new_run(stack: contextlib.ExitStack, cfg: TrainConfig, run_id: str | N
 
 
 def _open_resumed_run(stack: contextlib.ExitStack, cfg: TrainConfig, configs: dict, dist: Dist):
-    """The folder ``--resume`` names, locked, and its newest good checkpoint, checked against the settings given."""
+    """The folder ``--resume`` names, locked, and its newest good checkpoint, checked against the settings given.
+
+    Rank 0 decides and tells the others which checkpoint (by step), or that it refused, so no rank waits forever.
+    """
     if dist.is_main:
-        folder = stack.enter_context(RunFolder(find_run(cfg.out_dir, cfg.experiment, cfg.resume)))
-        stack.enter_context(log_to_file(folder.log_file))
-        ckpt = folder.load_last()
-        conflicts = resume_conflicts(ckpt.get("configs", {}), configs)
-        if conflicts:
-            raise UsageError(f"cannot resume {folder.path}: settings differ from the run's: {'; '.join(conflicts)}; "
-                             "resume with the run's settings or start a new run")
+        try:
+            folder = stack.enter_context(RunFolder(find_run(cfg.out_dir, cfg.experiment, cfg.resume)))
+            stack.enter_context(log_to_file(folder.log_file))
+            ckpt = folder.load_last()
+            conflicts = resume_conflicts(ckpt.get("configs", {}), configs)
+            if conflicts:
+                raise UsageError(f"cannot resume {folder.path}: settings differ from the run's: "
+                                 f"{'; '.join(conflicts)}; resume with the run's settings or start a new run")
+        except FoodlabError as exc:
+            dist.broadcast(exc)
+            raise
         dist.broadcast((folder.path, ckpt["step"]))
         return folder, ckpt
-    path, step = dist.broadcast(None)
+    decided = dist.broadcast(None)
+    if isinstance(decided, FoodlabError):
+        raise decided
+    path, step = decided
     shared = _SharedFolder(path)
     for candidate in (shared.last, shared.previous):  # the file rank 0 chose: the one at its step
         ckpt = load_checkpoint(candidate)
