@@ -1,17 +1,22 @@
-"""Settings as dataclasses, loadable from YAML, so experiments are declarative files.
+"""Settings as dataclasses, loadable from YAML, so a training run can be a declarative file.
 
 Each area owns its dataclass: DataConfig (dataset), ModelConfig (detector),
 TrainConfig (training loop). ``load_yaml`` reads a mapping with optional
-``data:``, ``model:``, ``train:`` sections and rejects unknown keys by name.
+``data:``, ``model:``, ``train:`` sections (``foodlab train --config FILE``) and rejects
+unknown keys and values of the wrong type by name, before any work.
 """
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
+
+from foodlab.errors import UsageError
 
 T = TypeVar("T")
 
@@ -58,7 +63,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     out_dir: str = "runs"
-    resume: bool = False
+    resume: str | None = None       # None: a new run; "latest", a run folder, or an MLflow run id
     experiment: str = "foodlab-train"
     run_name: str | None = None
     log_every: int = 1
@@ -66,13 +71,36 @@ class TrainConfig:
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None) -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming them."""
+    """Build dataclass ``cls`` from a mapping; unknown keys and values of the wrong type are errors naming them."""
     values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    types = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        raise UsageError(f"unknown {cls.__name__} keys: {', '.join(unknown)} (known: {', '.join(sorted(types))})")
+    for key, value in values.items():
+        if not _fits(value, types[key]):
+            raise UsageError(f"{cls.__name__}.{key} must be {_type_name(types[key])}, got {value!r}")
     return cls(**values)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (``int | None`` style; a bool is not a number here)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option in (str, bool) and isinstance(value, option):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
 
 
 @dataclass
@@ -83,17 +111,28 @@ class Config:
 
 
 def load_yaml(path: str | Path) -> Config:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    """A ``Config`` from a YAML file; every problem is a one-line ``UsageError`` naming the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UsageError(f"{path}: expected a mapping at the top level")
     extra = sorted(set(raw) - {"data", "model", "train"})
     if extra:
-        raise ValueError(f"{path}: unknown sections {', '.join(extra)} (expected data, model, train)")
-    return Config(
-        data=from_dict(DataConfig, raw.get("data")),
-        model=from_dict(ModelConfig, raw.get("model")),
-        train=from_dict(TrainConfig, raw.get("train")),
-    )
+        raise UsageError(f"{path}: unknown sections {', '.join(extra)} (expected data, model, train)")
+    sections = {}
+    for name, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        if not isinstance(raw.get(name) or {}, dict):
+            raise UsageError(f"{path}: section {name} must be a mapping of keys to values")
+        try:
+            sections[name] = from_dict(cls, raw.get(name))
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+    return Config(**sections)
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

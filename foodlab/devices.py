@@ -10,9 +10,12 @@ import os
 import platform
 import threading
 import time
+from functools import lru_cache
 
 import psutil
 import torch
+
+from foodlab.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        raise UsageError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+        raise UsageError("--device cuda: this machine has no usable CUDA GPU (torch.cuda.is_available() is False); "
+                         "use --device auto or cpu")
     if kind == "mps" and not mps_available():
-        raise RuntimeError("device 'mps' was asked for but torch.backends.mps.is_available() is False")
+        raise UsageError("--device mps: Apple MPS is not available on this machine; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -52,16 +56,28 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return f"Apple MPS ({platform.machine()})"
-    cpu = platform.processor() or platform.machine()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo().splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+@lru_cache(maxsize=1)
+def cpuinfo() -> str:
+    """/proc/cpuinfo (Linux), or "" where there is none: the CPU's name and instruction-set flags."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            return f.read()
     except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} cores)"
+        return ""
+
+
+def default_amp(device: torch.device) -> bool:
+    """Autocast on where the device runs reduced precision natively (CPU: only with bf16 instructions)."""
+    device = resolve_device(device)
+    if device.type != "cpu":
+        return autocast_dtype(device) is not None
+    flags = cpuinfo()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -1,8 +1,10 @@
 """Configure logging once, in entry points (CLI, notebooks call it too)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Iterator
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -25,3 +27,20 @@ def setup_logging(level: int | str = logging.INFO, log_file: str | Path | None =
             root.addHandler(handler)
     for noisy in ("matplotlib", "PIL", "urllib3", "alembic", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path, level: int = logging.INFO) -> Iterator[Path]:
+    """Send log records to ``path`` for the duration of the block (one training run's own log), then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()

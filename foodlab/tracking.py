@@ -194,3 +194,8 @@ def ui_url(experiment: str | None = None, host: str = "127.0.0.1", port: int = 5
         return base
     exp = MlflowClient().get_experiment_by_name(experiment)
     return f"{base}/#/experiments/{exp.experiment_id}/runs" if exp else base
+
+
+def end_run(status: str = "FINISHED") -> None:
+    """End the active run with ``status`` ("FINISHED", "FAILED" or "KILLED"); a no-op when none is active."""
+    mlflow.end_run(status=status)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from foodlab import devices
-from foodlab.train.loop import default_amp
+from foodlab.devices import default_amp
+from foodlab.errors import UsageError
 
 
 @pytest.fixture
@@ -31,13 +32,13 @@ def test_auto_prefers_cuda_then_mps(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["cuda", "mps", "cuda:1"])
-def test_explicit_missing_device_is_an_error_not_a_fallback(no_accelerators, name):
-    with pytest.raises(RuntimeError, match=name.split(":")[0]):
+def test_explicit_missing_device_is_a_usage_error_not_a_fallback(no_accelerators, name):
+    with pytest.raises(UsageError, match=name.split(":")[0]):
         devices.resolve_device(name)
 
 
 def test_unknown_device_name():
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(UsageError, match="unknown device"):
         devices.resolve_device("tpu")
 
 
@@ -69,11 +70,9 @@ def test_default_amp_follows_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert default_amp(torch.device("cuda"))
     # CPU: on only with native bf16 instructions, which this reads from /proc/cpuinfo
-    import pathlib
-
-    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: "flags: fpu avx2")
+    monkeypatch.setattr(devices, "cpuinfo", lambda: "flags: fpu avx2")
     assert not default_amp(torch.device("cpu"))
-    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: "flags: fpu avx512_bf16")
+    monkeypatch.setattr(devices, "cpuinfo", lambda: "flags: fpu avx512_bf16")
     assert default_amp(torch.device("cpu"))
 
 

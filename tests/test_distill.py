@@ -57,3 +57,12 @@ def test_random_teacher_distills_and_reuses_its_cache(tmp_path, monkeypatch, cap
     assert r2.steps == 1
     assert "reusing cached teacher logits" in caplog.text
     assert len(list((tmp_path / "tcache").glob("teacher_*"))) == 1
+
+
+def test_distill_refuses_bad_settings_before_the_teacher_runs(tmp_path):
+    from foodlab.errors import UsageError
+
+    cfg = TrainConfig(epochs=0, out_dir=str(tmp_path / "runs"))
+    with pytest.raises(UsageError, match="--epochs"):
+        distill(DataConfig(), ModelConfig(), cfg, teacher="random", teacher_cache=tmp_path / "tcache")
+    assert not (tmp_path / "tcache").exists()

@@ -9,10 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from foodlab.models import FoodDetector, build_head
-from foodlab.models.prompts import NEG_LOGIT, assemble_logits, prompts_for_batch, prompts_from_mask
+from foodlab.models.detector import FoodDetector
+from foodlab.models.lightweight import build_head
+from foodlab.models.prompts import (
+    NEG_LOGIT,
+    assemble_logits,
+    prompts_for_batch,
+    prompts_from_mask,
+)
 from foodlab.train.losses import segmentation_loss
-
 
 # ------------------------------------------------------------------ heads
 
@@ -104,8 +109,8 @@ def test_head_on_training_never_builds_sam2(num_classes):
     params = model.trainable_parameters()
     assert params and {id(p) for p in params} == {id(p) for p in model.head.parameters()}
     assert all(p.grad is not None for p in params)
-    assert model._sam is None
-    assert model.head_trained  # a training-mode forward marks the head as trained
+    assert not model.sam_built
+    assert not model.head_trained  # a forward is not training: the trainer (or a loaded file) marks the head
 
 
 @pytest.mark.parametrize("num_classes", [1, 4])
@@ -115,7 +120,7 @@ def test_predict_lightweight(num_classes):
     assert out["masks"].shape == (3, 40, 48) and out["masks"].dtype == torch.long
     assert out["masks"].min() >= 0 and out["masks"].max() < max(num_classes, 2)
     assert out["scores"].shape == (3,) and out["scores"].dtype == torch.float32
-    assert model._sam is None
+    assert not model.sam_built
     with pytest.raises(ValueError, match="mode"):
         model.predict(torch.rand(1, 3, 32, 32), mode="magic")
 
@@ -131,24 +136,24 @@ def test_head_checkpoint_round_trip(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["head"] == "fast" and ckpt["num_classes"] == 3
 
-    loaded = FoodDetector.load_head(path, device="cpu")  # class-level: builds a matching detector
+    loaded = FoodDetector.from_head_file(path, device="cpu")  # builds a matching detector
     loaded.eval()
     assert loaded.head_name == "fast" and loaded.num_classes == 3 and loaded.head_trained
     torch.testing.assert_close(loaded(x), model(x))
 
     other = FoodDetector(head="fast", num_classes=3, device="cpu")
     assert not other.head_trained
-    other.load_head(path)  # instance-level: loads in place
+    other.load_head(path)  # loads in place
     other.eval()
     torch.testing.assert_close(other(x), model(x))
 
     with pytest.raises(ValueError, match="baseline"):
         FoodDetector(head="baseline", num_classes=3, device="cpu").load_head(path)
     with pytest.raises(FileNotFoundError):
-        FoodDetector.load_head(tmp_path / "missing.pt")
+        FoodDetector.from_head_file(tmp_path / "missing.pt")
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a foodlab head"):
-        FoodDetector.load_head(tmp_path / "bad.pt")
+        FoodDetector.from_head_file(tmp_path / "bad.pt")
 
 
 # ------------------------------------------------------------------ prompts

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
-from foodlab.train import train
-from foodlab.train.setup import sam2_decoder_setup
+from foodlab.train.build import sam2_decoder_setup
+from foodlab.train.loop import train
 
 DATA = DataConfig(synth_n=4, synth_size=32, image_size=32)
 MODEL = ModelConfig(use_lightweight_head=False, freeze_image_encoder=True)
@@ -17,7 +17,7 @@ MODEL = ModelConfig(use_lightweight_head=False, freeze_image_encoder=True)
 
 @pytest.mark.slow
 def test_full_sam2_with_frozen_encoder_trains_only_prompt_side(tmp_path):
-    from foodlab.models import FoodDetector
+    from foodlab.models.detector import FoodDetector
 
     model = FoodDetector(use_lightweight_head=False, freeze_image_encoder=True, device="cpu", sam2_image_size=128)
     enc = {k: v.clone() for k, v in model.sam.image_encoder.state_dict().items()}

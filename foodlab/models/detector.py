@@ -9,8 +9,8 @@ Modes:
   ground truth; ``freeze_image_encoder=True`` trains only prompt encoder + decoder.
 - ``predict(images, mode="sam2")``: SAM2 prompted by the head's mask (boxes and
   points per component), or by the whole image when the head is untrained
-  (``head_trained`` False: set by ``load_head``, by a training-mode forward of the
-  head, or by the trainer). ``mode="lightweight"`` returns the head's own mask.
+  (``head_trained`` False: set by ``load_head`` / ``from_head_file``, or by the trainer
+  once it has taken a step). ``mode="lightweight"`` returns the head's own mask.
 """
 from __future__ import annotations
 
@@ -21,24 +21,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from foodlab.atomic import atomic_write
 from foodlab.devices import resolve_device
+from foodlab.labels import class_ids
 from foodlab.models.lightweight import build_head
 
 log = logging.getLogger(__name__)
-
-
-class _instance_or_class:
-    """Descriptor: ``obj.load_head(path)`` loads in place; ``FoodDetector.load_head(path, **kw)`` builds one."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __get__(self, obj, cls):
-        return lambda *args, **kwargs: self.fn(cls, obj, *args, **kwargs)
-
-
-def _predictions(logits: torch.Tensor) -> torch.Tensor:
-    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
 
 
 def _confidence(logits: torch.Tensor) -> torch.Tensor:
@@ -68,29 +56,38 @@ class FoodDetector(nn.Module):
         self.head = build_head(head, num_classes)
         self._sam: nn.Module | None = None
         if not use_lightweight_head:  # SAM2 is what trains: build it now so the optimizer sees it
-            self.sam  # noqa: B018
+            self.build_sam()
         self.to(self.device)
 
     # ------------------------------------------------------------ SAM2 (lazy)
-    @property
-    def sam(self) -> nn.Module:
-        """The SAM2 model, built on first use; trainable only when the head is off."""
+    def build_sam(self) -> nn.Module:
+        """Build SAM2 if it is not built yet (it costs memory, so only when something needs it).
+
+        Trainable parts (head off) follow ``sam2_backend.set_trainable``; as the head's
+        prompt follower it is frozen and in eval.
+        """
         if self._sam is None:
-            from foodlab.models.sam2_backend import build_sam2_model
+            from foodlab.models.sam2_backend import build_sam2_model, set_trainable
 
             sam = build_sam2_model(self.sam2_model_type, self.sam2_checkpoint, self.device,
                                    image_size=self.sam2_image_size)
-            sam.requires_grad_(False)  # video-only parts (memory attention/encoder) never train here
-            if not self.use_lightweight_head:
-                for part in self._sam2_trained_parts(sam):
-                    part.requires_grad_(True)
+            if self.use_lightweight_head:
+                sam.requires_grad_(False)
+            else:
+                set_trainable(sam, image_encoder=not self.freeze_image_encoder)
             sam.train(self.training and not self.use_lightweight_head)
             self._sam = sam
         return self._sam
 
-    def _sam2_trained_parts(self, sam: nn.Module) -> list:
-        parts = [sam.sam_prompt_encoder, sam.sam_mask_decoder, sam.no_mem_embed]
-        return parts if self.freeze_image_encoder else [sam.image_encoder, *parts]
+    @property
+    def sam(self) -> nn.Module:
+        """The SAM2 model (built on first use by ``build_sam``)."""
+        return self.build_sam()
+
+    @property
+    def sam_built(self) -> bool:
+        """Whether SAM2 exists yet: the head-on path never builds it for training or lightweight predictions."""
+        return self._sam is not None
 
     def train(self, mode: bool = True) -> "FoodDetector":
         super().train(mode)
@@ -107,8 +104,6 @@ class FoodDetector(nn.Module):
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_classes, H, W): the head, or (head off) SAM2 prompted from ``masks``."""
         if self.use_lightweight_head:
-            if self.training and torch.is_grad_enabled():
-                self.head_trained = True
             return self.head(images)
         if masks is None:
             if self.training:
@@ -130,25 +125,26 @@ class FoodDetector(nn.Module):
             images = images.to(self.device)
             if mode == "lightweight":
                 logits = self.head(images)
-                return {"masks": _predictions(logits), "scores": _confidence(logits)}
+                return {"masks": class_ids(logits), "scores": _confidence(logits)}
             from foodlab.models.sam2_backend import sam2_logits
 
             if self.head_trained:
-                prompt_masks = _predictions(self.head(images))
+                prompt_masks = class_ids(self.head(images))
             else:
                 prompt_masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=self.device)
             logits, scores = sam2_logits(self.sam, images, prompt_masks, self.num_classes,
                                          rng=np.random.default_rng(0), return_scores=True)
-            return {"masks": _predictions(logits), "scores": scores}
+            return {"masks": class_ids(logits), "scores": scores}
         finally:
             self.train(was_training)
 
     # ------------------------------------------------------------ head checkpoints
     def save_head(self, path: str | Path) -> Path:
+        """Head name, classes and weights (what ``from_head_file`` needs), written atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
-        torch.save({"head": self.head_name, "num_classes": self.num_classes, "state_dict": state}, path)
+        with atomic_write(path) as f:
+            torch.save({"head": self.head_name, "num_classes": self.num_classes, "state_dict": state}, f)
         return path
 
     @staticmethod
@@ -171,15 +167,23 @@ class FoodDetector(nn.Module):
             raise ValueError(f"{path} is not a foodlab head checkpoint (needs head, num_classes, state_dict)")
         return ckpt
 
-    @_instance_or_class
-    def load_head(cls, self, path: str | Path, **kwargs) -> "FoodDetector":
-        """Load head weights; on the class, build a detector matching the checkpoint (kwargs go to __init__)."""
+    @classmethod
+    def from_head_file(cls, path: str | Path, **kwargs) -> "FoodDetector":
+        """A detector whose head matches the file (name, classes) with its weights; kwargs go to ``__init__``."""
         ckpt = cls._read_head(path)
-        if self is None:
-            self = cls(head=ckpt["head"], num_classes=int(ckpt["num_classes"]), **kwargs)
-        elif (ckpt["head"], int(ckpt["num_classes"])) != (self.head_name, self.num_classes):
+        detector = cls(head=ckpt["head"], num_classes=int(ckpt["num_classes"]), **kwargs)
+        detector._load_head_state(ckpt)
+        return detector
+
+    def load_head(self, path: str | Path) -> "FoodDetector":
+        """Load head weights into this detector; the file must hold the same head and number of classes."""
+        ckpt = self._read_head(path)
+        if (ckpt["head"], int(ckpt["num_classes"])) != (self.head_name, self.num_classes):
             raise ValueError(f"{path} holds a {ckpt['head']!r} head with {ckpt['num_classes']} classes; this "
                              f"detector has {self.head_name!r} with {self.num_classes}")
+        self._load_head_state(ckpt)
+        return self
+
+    def _load_head_state(self, ckpt: dict) -> None:
         self.head.load_state_dict(ckpt["state_dict"])
         self.head_trained = True
-        return self

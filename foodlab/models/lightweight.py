@@ -1,17 +1,17 @@
-"""Lightweight segmentation heads: the original baseline and a fast UNet.
+"""Lightweight segmentation heads: a plain convolutional baseline and a fast UNet.
 
 Both take (B, 3, H, W) RGB images in [0, 1], normalize them inside (ImageNet
 mean/std as buffers, so callers never have to) and return logits
 (B, num_classes, H, W) at the input resolution.
 
-- ``baseline`` is exactly the original head (three Conv-BN-ReLU-MaxPool stages,
-  three ConvTranspose upsamplers, a 1x1 classifier), kept so benchmarks compare
-  against the real "before".
+- ``baseline``: three Conv-BN-ReLU-MaxPool stages, three ConvTranspose upsamplers
+  and a 1x1 classifier; the reference the benchmarks compare the fast head with.
 - ``fast`` is a small depthwise-separable UNet: a stride-2 stem (nothing runs at
   full resolution), four downsampling stages to 1/32 for context, skip
   connections back to 1/2, and a bilinear upsample of the logits to the input
-  size. It is ~40x cheaper per step than the baseline on CPU and sees a much
-  larger receptive field; it works with channels_last and bf16/fp16 autocast.
+  size. It costs far less per step than the baseline (figures in
+  ``experiments/results/``) and sees a much larger receptive field; it works with
+  channels_last and bf16/fp16 autocast.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class _Head(nn.Module):
 
 
 class BaselineHead(_Head):
-    """The original head, layer for layer (the benchmark's "before")."""
+    """Three Conv-BN-ReLU-MaxPool stages down, three ConvTranspose up: the benchmarks' reference head."""
 
     divisor = 8
 

@@ -1,50 +1,87 @@
-"""Checkpoints that lose nothing: atomic writes, RNG states, and stop-on-signal.
+"""Checkpoints that lose nothing: atomic writes, a kept previous checkpoint, RNG states, stop-on-signal.
 
 A checkpoint is one ``torch.save``d dict (model, optimizer, scaler, scheduler,
-position, RNG states, MLflow run id). It is written to a temp file in the same
-folder and ``os.replace``d, so a kill during the write leaves the previous file
-intact. ``StopOnSignal`` turns SIGINT/SIGTERM into a flag that the loop polls at
-the next optimizer-step boundary, where the state is consistent and can be saved.
+position, RNG states, MLflow run id). It is written with ``atomic_write`` (temp file in
+the same folder, fsynced, ``os.replace``d), so a kill or a full disk during the write
+leaves the previous file intact; with ``previous=`` the file it replaces is kept there,
+so a checkpoint damaged later (a copy cut short) still has a good one beside it.
+``StopOnSignal`` turns SIGINT/SIGTERM into a flag that the loop polls at the next
+optimizer-step boundary, where the state is consistent and can be saved.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import random
 import signal
-import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from foodlab.atomic import atomic_write
+from foodlab.errors import FoodlabError
+
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder + rename)."""
+class CheckpointDamaged(FoodlabError):
+    """A checkpoint file cannot be read back (empty, cut short, not a checkpoint)."""
+
+
+class CheckpointWriteFailed(FoodlabError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is left as it was."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, previous: str | Path | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically; with ``previous``, the file it replaces moves there.
+
+    The new file is complete on disk before anything is renamed, so at every moment a
+    good checkpoint exists under ``path`` or ``previous``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = path.with_name(f"{path.name}.new") if previous is not None else path
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(target, "wb", fsync=True) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared with teammates
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CheckpointWriteFailed(
+                f"no space left on device while writing {path}; the previous checkpoint is intact") from exc
+        raise CheckpointWriteFailed(f"could not write {path} ({exc.strerror or exc}); "
+                                    "the previous checkpoint is intact") from exc
+    except RuntimeError as exc:  # torch reports a failed write of its zip container as a RuntimeError
+        raise CheckpointWriteFailed(f"could not write {path} ({str(exc).splitlines()[0]}); is the disk full? "
+                                    "the previous checkpoint is intact") from exc
+    if previous is not None:
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(target, path)
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; ``weights_only`` because checkpoints hold only
-    tensors and plain Python values (see ``rng_state``), so a shared checkpoint cannot run code."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    tensors and plain Python values (see ``rng_state``), so a shared checkpoint cannot run code.
+
+    A file that cannot be read back raises ``CheckpointDamaged`` naming it.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointDamaged(f"checkpoint {path} is damaged: the file is empty")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointDamaged(f"checkpoint {path} is damaged (truncated or not a checkpoint: {reason})") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointDamaged(f"checkpoint {path} is damaged: it holds a {type(ckpt).__name__}, not a dict")
+    return ckpt
 
 
 def rng_state() -> dict[str, Any]:
@@ -112,9 +149,8 @@ def training_state(session: Any, epoch: int, batch: int, rng: dict[str, Any], ex
     }
 
 
-def restore_training_state(path: str | Path, model, optimizer, scheduler, scaler) -> dict[str, Any]:
-    """Load ``path`` into the given objects and the global RNGs; returns the checkpoint for the rest."""
-    ckpt = load_checkpoint(path)
+def restore_training_state(ckpt: dict[str, Any], model, optimizer, scheduler, scaler) -> dict[str, Any]:
+    """Load checkpoint ``ckpt`` into the given objects and the global RNGs; returns it for the rest."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

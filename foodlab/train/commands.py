@@ -1,7 +1,8 @@
 """``foodlab train`` and ``foodlab distill`` (``python -m foodlab.train`` = ``foodlab train``).
 
-Flags default to None and only override the dataclass defaults in foodlab.config,
-so one place holds the defaults. Heavy imports stay inside the command functions.
+Flags default to None and only override the settings below them: the dataclass defaults
+in foodlab.config, then a ``--config FILE``, then the flags given. Heavy imports stay
+inside the command functions.
 """
 from __future__ import annotations
 
@@ -9,16 +10,35 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
-
-LOG_FILE = Path("logs") / "training.log"  # relative to the working directory, as users expect
 
 log = logging.getLogger(__name__)
+
+
+TRAIN_EPILOG = """\
+settings: defaults from foodlab/config.py, then --config FILE (YAML with data:, model:,
+train: sections; unknown keys and wrong types are refused naming file and key), then flags.
+
+each run writes <out-dir>/<experiment>/<run-name or UTC time>-<MLflow run id[:8]>/:
+last.pt + previous.pt (for --resume), best.pt, model.pt and training.log; best.pt,
+model.pt and training.log are also logged to the MLflow run.
+
+--resume             continue the experiment's latest run (refused while it is running)
+--resume FOLDER      continue that run folder
+--resume RUN_ID      continue the run with that MLflow run id
+a resume must keep the run's image size, classes, head, data, batch size and lr; a larger
+--epochs extends it: the lr continues from where it stands down to lr/100 (never back up).
+
+exit codes: 0 done, 1 failed (message says why), 2 bad flags or settings, 3 loss diverged,
+130 interrupted (a checkpoint was saved; --resume continues).
+"""
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
     """The flags `foodlab train` and `foodlab distill` share."""
     bool_flag = argparse.BooleanOptionalAction
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML with data:, model:, train: sections (keys as in foodlab/config.py); its values "
+                        "replace the defaults and the flags given here replace its values")
     p.add_argument("--data", metavar="DIR", help="dataset root (default: the built-in synthetic dataset)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -36,12 +56,13 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cache", nargs="?", const="auto", metavar="DIR",
                    help="decoded-image cache (default folder: $FOODLAB_CACHE/decoded, else ~/.cache/foodlab/decoded)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from <out-dir>/<run>/last.pt")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                   help="continue a run: a run folder, an MLflow run id, or nothing for the experiment's latest run")
     p.add_argument("--experiment", help="MLflow experiment")
-    p.add_argument("--run-name", help="MLflow run name (also names the checkpoint folder)")
+    p.add_argument("--run-name", help="MLflow run name (also names the run folder)")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--out-dir", help="checkpoints go to <out-dir>/<run-name or experiment>/")
+    p.add_argument("--out-dir", help="each run gets <out-dir>/<experiment>/<run-name or UTC time>-<MLflow run id>/")
     p.add_argument("--val-fraction", type=float, help="seeded holdout when the dataset has no val split")
     p.add_argument("--freeze-image-encoder", action="store_true", default=None)
     p.add_argument("--sam2-checkpoint", metavar="PATH")
@@ -54,10 +75,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace):
     """(DataConfig, ModelConfig, TrainConfig) from the dataclass defaults plus the flags given."""
-    from foodlab.config import DataConfig, ModelConfig, TrainConfig
+    from dataclasses import replace
+
+    from foodlab.config import Config, load_yaml
 
     def given(**pairs):
         return {k: v for k, v in pairs.items() if v is not None}
+
+    base = load_yaml(args.config) if getattr(args, "config", None) else Config()
 
     cache = args.cache
     if cache == "auto":
@@ -65,14 +90,14 @@ def configs_from_args(args: argparse.Namespace):
 
         cache = str(default_cache_root() / "decoded")
     n_classes = args.num_classes
-    data = DataConfig(**given(root=args.data, image_size=args.image_size, num_classes=n_classes, cache=cache,
+    data = replace(base.data, **given(root=args.data, image_size=args.image_size, num_classes=n_classes, cache=cache,
                               synth_n=args.synthetic_n))  # --seed is the training seed, not the data's
     if args.image_size is not None and args.data is None:
         data.synth_size = args.image_size  # generate at the size we train at: no resize per sample
-    model = ModelConfig(**given(use_lightweight_head=args.lightweight_head, head=args.head,
+    model = replace(base.model, **given(use_lightweight_head=args.lightweight_head, head=args.head,
                                 sam2_model_type=args.model_type, sam2_checkpoint=args.sam2_checkpoint,
                                 freeze_image_encoder=args.freeze_image_encoder, num_classes=n_classes))
-    train = TrainConfig(**given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+    train = replace(base.train, **given(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
                                 num_workers=args.num_workers, amp=args.amp, accum_steps=args.accum_steps,
                                 channels_last=args.channels_last, compile=args.compile, seed=args.seed,
                                 val_fraction=args.val_fraction, out_dir=args.out_dir, resume=args.resume,
@@ -81,21 +106,19 @@ def configs_from_args(args: argparse.Namespace):
     return data, model, train
 
 
-def _setup_file_logging() -> None:
+def _setup_rank_logging() -> None:
+    """Rank 0 keeps the console level; other DDP ranks log warnings only (each run's file log is its folder's)."""
     from foodlab.logging_setup import setup_logging
 
-    root = logging.getLogger()
-    if int(os.environ.get("RANK", "0")) == 0:
-        setup_logging(root.level or logging.INFO, log_file=LOG_FILE)
-    else:  # other DDP ranks: warnings only, and not into rank 0's file
+    if int(os.environ.get("RANK", "0")) != 0:
         setup_logging(logging.WARNING)
 
 
 def _run(args: argparse.Namespace, distill: bool) -> int:
     from foodlab.tracking import TrackingUnavailable
-    from foodlab.train.loop import TrainingDiverged
+    from foodlab.train.epoch import TrainingDiverged
 
-    _setup_file_logging()
+    _setup_rank_logging()
     data, model, train_cfg = configs_from_args(args)
     try:
         if distill:
@@ -117,16 +140,18 @@ def _run(args: argparse.Namespace, distill: bool) -> int:
         return 3
     if result.interrupted:
         print(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}; "
-              "run the same command with --resume to continue", file=sys.stderr)
+              f"continue with: foodlab {'distill' if distill else 'train'} --resume {result.run_folder}",
+              file=sys.stderr)
         return 130
-    log.info("done: %d steps, best val mIoU %.4f, run %s, best checkpoint %s",
-             result.steps, result.best_miou, result.run_id, result.best_checkpoint)
+    log.info("done: %d steps, best val mIoU %.4f, run %s, folder %s (best.pt, last.pt, model.pt, training.log)",
+             result.steps, result.best_miou, result.run_id, result.run_folder)
     return 0
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train the lightweight head (or SAM2) with MLflow tracking",
-                       description="Train on a dataset folder, or on the built-in synthetic dataset without --data.")
+                       description="Train on a dataset folder, or on the built-in synthetic dataset without --data.",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_flags(p)
     p.set_defaults(func=lambda args: _run(args, distill=False))
 

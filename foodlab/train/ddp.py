@@ -65,13 +65,21 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
-    def sum_(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def all_reduce_sum(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Sum a (CPU) tensor over ranks, e.g. a confusion matrix; returns it on the CPU."""
         if not self.enabled:
             return tensor
         t = tensor.to(device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (e.g. the run folder, which only rank 0 can name)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def wrap(self, model: torch.nn.Module, device: torch.device, find_unused: bool = False) -> torch.nn.Module:
         """DistributedDataParallel; ``find_unused`` for SAM2, whose video-only parts get no gradient here."""

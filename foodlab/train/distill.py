@@ -25,10 +25,13 @@ from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
-from foodlab.train.loop import StepFn, TrainResult, train
-from foodlab.train.setup import build_datasets, map_split
+from foodlab.errors import UsageError
+from foodlab.labels import class_ids
+from foodlab.train.build import build_datasets, wrap_under_split
+from foodlab.train.epoch import StepFn
+from foodlab.train.loop import TrainResult, train
 from foodlab.train.losses import segmentation_loss
-from foodlab.train.metrics import predictions
+from foodlab.train.settings_check import check_settings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
     """Loss against the teacher (soft probabilities or hard masks), plus ``alpha`` x the ground-truth loss."""
     logits, teacher = logits.float(), teacher.float()
     if targets == "hard":
-        t_loss = segmentation_loss(logits, predictions(teacher))
+        t_loss = segmentation_loss(logits, class_ids(teacher))
     elif logits.shape[1] == 1:
         t_loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
     else:
@@ -122,7 +125,7 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
 
 def distill_step(targets: str = "soft", alpha: float = 0.0) -> StepFn:
     if targets not in ("soft", "hard"):
-        raise ValueError(f"targets must be 'soft' or 'hard', got {targets!r}")
+        raise UsageError(f"targets must be 'soft' or 'hard', got {targets!r}")
 
     def step(model, batch):
         images, masks, teacher = batch
@@ -137,7 +140,8 @@ def distill(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig
             track: bool = True) -> TrainResult:
     """Train the lightweight head on a SAM2 teacher's cached logits (``teacher``: checkpoint path or "random")."""
     if not model_cfg.use_lightweight_head:
-        raise ValueError("distillation trains the lightweight head: drop --no-lightweight-head")
+        raise UsageError("distillation trains the lightweight head: drop --no-lightweight-head")
+    check_settings(data_cfg, model_cfg, train_cfg, max_steps)  # before the (expensive) teacher pass
     step_fn = distill_step(targets, alpha)  # validates ``targets`` before any work
     if track:  # fail on a dead tracking server before the (expensive) teacher pass
         tracking.configure(check=True)
@@ -154,6 +158,6 @@ def distill(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig
 
     params = {"distill": {"teacher": teacher, "targets": targets, "alpha": alpha,
                           "teacher_image_size": teacher_image_size}}
+    datasets = (wrap_under_split(train_ds, with_teacher), wrap_under_split(val_ds, with_teacher), full)
     return train(data_cfg, model_cfg, train_cfg, max_steps=max_steps, progress=progress, track=track,
-                 datasets=(map_split(train_ds, with_teacher), map_split(val_ds, with_teacher), full), step_fn=step_fn,
-                 extra_params=params)
+                 datasets=datasets, step_fn=step_fn, extra_params=params)

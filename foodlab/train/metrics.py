@@ -4,14 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from foodlab.train.losses import IGNORE_INDEX
-
-
-def predictions(logits: torch.Tensor) -> torch.Tensor:
-    """Class ids (B, H, W) from logits (B, C, H, W): threshold 0 for C == 1, argmax otherwise."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
+from foodlab.labels import IGNORE_INDEX
 
 
 class SegMetrics:
@@ -79,7 +72,8 @@ def overlay_figure(images: torch.Tensor, target: torch.Tensor, pred: torch.Tenso
             ax.imshow(img)
             if mask is not None:
                 m = mask.cpu().numpy()
-                ax.imshow(np.ma.masked_where((m == 0) | (m == IGNORE_INDEX), m), cmap="tab20", alpha=0.55, vmin=0, vmax=vmax)
+                shown = np.ma.masked_where((m == 0) | (m == IGNORE_INDEX), m)
+                ax.imshow(shown, cmap="tab20", alpha=0.55, vmin=0, vmax=vmax)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()

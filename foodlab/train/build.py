@@ -57,7 +57,8 @@ def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
     """(train, val, full) datasets: the root's own val/test split when it has one, else a seeded holdout."""
     from torch.utils.data import Subset
 
-    from foodlab.data import FoodSegDataset, ensure_synthetic
+    from foodlab.data.dataset import FoodSegDataset
+    from foodlab.data.synth import ensure_synthetic
 
     root = data_cfg.root or ensure_synthetic(n=data_cfg.synth_n, size=data_cfg.synth_size, seed=data_cfg.seed,
                                              classes=data_cfg.synth_classes)
@@ -75,25 +76,24 @@ def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
     return Subset(full, train_idx), Subset(plain, val_idx), full
 
 
-def map_split(ds, fn: Callable[[Any], Any]):
-    """Apply ``fn`` to the dataset under a split, keeping a holdout's indices (``Subset``)."""
+def wrap_under_split(ds, fn: Callable[[Any], Any]):
+    """``fn(dataset)`` for the dataset under a split, keeping a holdout's indices (``Subset``): how cached
+    embeddings or teacher targets are put under the same train/val split."""
     from torch.utils.data import Subset
 
     return Subset(fn(ds.dataset), ds.indices) if isinstance(ds, Subset) else fn(ds)
 
 
 class SAM2Decoder(nn.Module):
-    """SAM2's prompt encoder + mask decoder on cached image features (the encoder ran once, offline).
-
-    conv_s0/conv_s1 were applied before caching, so they stay frozen with the encoder.
-    """
+    """SAM2's prompt encoder + mask decoder on cached image features (the encoder ran once, offline);
+    which parts train is ``sam2_backend.set_trainable``'s rule for cached features."""
 
     def __init__(self, sam: nn.Module, num_classes: int, seed: int = 0):
+        from foodlab.models.sam2_backend import set_trainable
+
         super().__init__()
         self.sam, self.num_classes, self._rng = sam, num_classes, np.random.default_rng(seed)
-        sam.requires_grad_(False)
-        for name, p in [*sam.sam_prompt_encoder.named_parameters(), *sam.sam_mask_decoder.named_parameters()]:
-            p.requires_grad_(not name.startswith(("conv_s0", "conv_s1")))
+        set_trainable(sam, image_encoder=False, cached_features=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -108,7 +108,11 @@ class SAM2Decoder(nn.Module):
 def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
                        sam2_image_size: int | None = None) -> dict:
     """Datasets of cached SAM2 embeddings, the decoder-only model and its step: ``train(**setup)`` inputs."""
-    from foodlab.models.sam2_backend import EmbeddingDataset, build_sam2_model, embed_dataset
+    from foodlab.models.sam2_backend import (
+        EmbeddingDataset,
+        build_sam2_model,
+        embed_dataset,
+    )
 
     train_ds, val_ds, full = build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
     root = Path(train_cfg.out_dir) / "sam2_embeddings"
@@ -125,12 +129,12 @@ def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: 
         features, masks = batch
         logits = m(features, masks)
         return segmentation_loss(logits, masks), logits, masks
-    return {"datasets": (map_split(train_ds, embedded), map_split(val_ds, embedded), full), "model": model,
-            "step_fn": step}
+    datasets = (wrap_under_split(train_ds, embedded), wrap_under_split(val_ds, embedded), full)
+    return {"datasets": datasets, "model": model, "step_fn": step}
 
 
 def build_model(model_cfg: ModelConfig, device: torch.device) -> nn.Module:
-    from foodlab.models import FoodDetector
+    from foodlab.models.detector import FoodDetector
 
     return FoodDetector(
         use_lightweight_head=model_cfg.use_lightweight_head, head=model_cfg.head,
