@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from foodlab.models import FoodDetector
+from foodlab.models.detector import FoodDetector
 from foodlab.models import sam2_backend
+from foodlab.models.sam2_cache import EmbeddingDataset
 from foodlab.train.losses import segmentation_loss
 
 SAM_SIZE = 128  # SAM2 input size override: same architecture, ~60x less compute than 1024
@@ -121,46 +121,6 @@ def test_sam2_inference_returns_masks_of_input_size(num_classes, head_trained):
 
 
 @pytest.mark.slow
-def test_embedding_cache_and_decoder_training(tmp_path, tiny_sam):
-    class Data(torch.utils.data.Dataset):
-        fingerprint = "abc"
-        num_classes = 1
-
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, i):
-            return torch.rand(3, 64, 64), _gt(1)[0]
-
-    out = sam2_backend.embed_dataset(Data(), tmp_path / "emb", batch_size=2, device="cpu", image_size=SAM_SIZE)
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["complete"] and meta["model_type"] == "tiny" and meta["fingerprint"] == "abc"
-    stamp = (out / "image_embed.npy").stat().st_mtime_ns
-    assert sam2_backend.embed_dataset(Data(), out, device="cpu", image_size=SAM_SIZE) == out
-    assert (out / "image_embed.npy").stat().st_mtime_ns == stamp  # reused, not recomputed
-
-    ds = sam2_backend.EmbeddingDataset(out)
-    assert len(ds) == 3
-    feats, mask = ds[0]
-    assert feats["image_embed"].dtype == torch.float16 and feats["image_embed"].shape == (256, 8, 8)
-    assert mask.shape == (64, 64) and mask.dtype == torch.long and mask.max() == 1
-    feats, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    tiny_sam.train()
-    logits = sam2_backend.decoder_logits(tiny_sam, feats, masks, num_classes=1)
-    tiny_sam.eval()
-    assert logits.shape == (2, 1, 64, 64)
-    decoder = list(tiny_sam.sam_mask_decoder.parameters())
-    for p in decoder:
-        p.requires_grad_(True)
-    tiny_sam.train()
-    segmentation_loss(sam2_backend.decoder_logits(tiny_sam, feats, masks), masks).backward()
-    tiny_sam.eval()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder)
-    with pytest.raises(FileNotFoundError):
-        sam2_backend.EmbeddingDataset(tmp_path / "none")
-
-
-@pytest.mark.slow
 def test_full_sam2_paths_never_import_torchvision():
     code = textwrap.dedent("""
         import sys, torch
@@ -218,7 +178,7 @@ def test_embed_command(tmp_path):
     args = parser.parse_args(["embed", "--data", str(data), "--out", str(tmp_path / "emb"), "--image-size", "64",
                               "--device", "cpu", "--sam2-image-size", "128"])
     assert args.func(args) == 0
-    ds = sam2_backend.EmbeddingDataset(tmp_path / "emb")
+    ds = EmbeddingDataset(tmp_path / "emb")
     feats, mask = ds[1]
     assert len(ds) == 2 and feats["high_res_feats"][0].shape == (32, 32, 32) and mask.shape == (64, 64)
     assert set(mask.unique().tolist()) <= {0, 1}

@@ -98,7 +98,7 @@ def run_predict(args) -> int:
 
 def run_embed(args) -> int:
     from foodlab.data import FoodSegDataset
-    from foodlab.models.sam2_backend import embed_dataset
+    from foodlab.models.sam2_cache import embed_dataset
 
     dataset = FoodSegDataset(args.data, split=args.split, image_size=args.image_size, num_classes=args.num_classes)
     out = embed_dataset(dataset, args.out, model_type=args.model_type, checkpoint=args.sam2_checkpoint,

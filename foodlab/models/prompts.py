@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from foodlab.train.losses import IGNORE_INDEX
+from foodlab.labels import IGNORE_INDEX
 
 NEG_LOGIT = -100.0  # logit of classes without a prompt: sigmoid/softmax ~0, finite in fp16/bf16
 BOX_LABELS = (2, 3)  # SAM's labels for the top-left / bottom-right box corners

@@ -1,4 +1,4 @@
-"""SAM2 for foodlab: build, checkpoint, batched encode/prompt/decode, and an embeddings cache.
+"""SAM2 for foodlab: build, checkpoint, batched encode/prompt/decode.
 
 The only module that imports ``sam2``. It never touches ``sam2.sam2_image_predictor``
 (that one imports torchvision, which cannot load next to the CPU torch wheel):
@@ -12,8 +12,6 @@ are merged into (B, C, H, W) logits by ``assemble_logits``.
 """
 from __future__ import annotations
 
-import json
-import os
 import logging
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from foodlab.devices import autocast, autocast_dtype, resolve_device
+from foodlab.devices import resolve_device
 from foodlab.models.lightweight import IMAGENET_MEAN, IMAGENET_STD, interpolate
-from foodlab.models.prompts import NEG_LOGIT, assemble_logits, prompts_for_batch, prompts_from_mask
+from foodlab.models.prompts import assemble_logits, prompts_for_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +32,6 @@ MODEL_CONFIGS = {
     "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 _warned_random = False
-
-__all__ = [
-    "MODEL_CONFIGS", "NEG_LOGIT", "prompts_from_mask", "prompts_for_batch", "assemble_logits", "build_sam2_model",
-    "load_sam2_checkpoint", "set_trainable", "preprocess", "encode", "decode", "sam2_logits", "decoder_logits", "embed_dataset",
-    "EmbeddingDataset",
-]
-
 
 def build_sam2_model(model_type: str = "tiny", checkpoint: str | Path | None = None, device="cpu",
                      image_size: int | None = None) -> nn.Module:
@@ -197,99 +188,3 @@ def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_c
         interpolate(masks[:, None].float(), tuple(images.shape[-2:]), mode="nearest")[:, 0].long()
     return decoder_logits(sam, encode(sam, images), masks, num_classes, rng=rng,
                           return_scores=return_scores, **prompt_kwargs)
-
-
-# ---------------------------------------------------------------- embeddings cache
-
-_ARRAYS = ("image_embed", "high_res_0", "high_res_1")
-
-
-def embed_dataset(dataset, out_dir: str | Path, model_type: str = "tiny", checkpoint: str | Path | None = None,
-                  batch_size: int = 2, device="auto", image_size: int | None = None, amp: bool = True) -> Path:
-    """Run the frozen SAM2 image encoder once over ``dataset`` and store its outputs (fp16) on disk.
-
-    Writes ``image_embed.npy``, ``high_res_0.npy``, ``high_res_1.npy`` (the features the
-    decoder consumes, after ``conv_s0``/``conv_s1`` and ``no_mem_embed``, so those stay
-    frozen in decoder-only training), ``masks.npy`` (uint8 class ids) and ``meta.json``.
-    A complete cache with the same model type, checkpoint, SAM2 input size and dataset
-    fingerprint is reused as is. ~8 MB per image at 1024 (fp16).
-    """
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    dev = resolve_device(device)
-    sam = build_sam2_model(model_type, checkpoint, dev, image_size=image_size)
-    meta = {
-        "model_type": model_type,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "sam2_image_size": int(sam.image_size),
-        "num_images": len(dataset),
-        "fingerprint": str(getattr(dataset, "fingerprint", "")),
-        "num_classes": int(getattr(dataset, "num_classes", 1)),
-    }
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("complete") and all(old.get(k) == v for k, v in meta.items()):
-            log.info("reusing SAM2 embeddings in %s", out)
-            return out
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # an interrupted rewrite must not look complete to EmbeddingDataset
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    dtype = autocast_dtype(dev) if amp else None
-    arrays: dict[str, np.ndarray] = {}
-    start = 0
-    with torch.inference_mode():
-        for images, masks in tqdm(loader, desc=f"SAM2 {model_type} embeddings", unit="batch"):
-            with autocast(dev, dtype):
-                feats = encode(sam, images.to(dev))
-            tensors = {"image_embed": feats["image_embed"], "high_res_0": feats["high_res_feats"][0],
-                       "high_res_1": feats["high_res_feats"][1], "masks": masks}
-            if not arrays:
-                for name, t in tensors.items():
-                    np_dtype = np.uint8 if name == "masks" else np.float16
-                    arrays[name] = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np_dtype,
-                                                             shape=(len(dataset), *t.shape[1:]))
-            end = start + images.shape[0]
-            for name, t in tensors.items():
-                arrays[name][start:end] = t.clamp(0, 255).to(torch.uint8).numpy() if name == "masks" \
-                    else t.float().cpu().numpy().astype(np.float16)
-            start = end
-    for a in arrays.values():
-        a.flush()
-    meta.update(complete=True, mask_size=list(arrays["masks"].shape[1:]) if arrays else None)
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp_meta, meta_path)  # written last and atomically: "complete" means every array is there
-    log.info("wrote SAM2 %s embeddings for %d images to %s", model_type, len(dataset), out)
-    return out
-
-
-class EmbeddingDataset(torch.utils.data.Dataset):
-    """Reads an ``embed_dataset`` folder: item i -> ({"image_embed", "high_res_feats": [s0, s1]} fp16, mask long)."""
-
-    def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir)
-        meta_path = self.root / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no SAM2 embeddings in {self.root} (run `foodlab embed` first)")
-        self.meta = json.loads(meta_path.read_text())
-        if not self.meta.get("complete"):
-            raise ValueError(f"SAM2 embeddings in {self.root} are incomplete; run `foodlab embed` again")
-        self.num_classes = self.meta.get("num_classes", 1)
-        self._arrays: dict[str, np.ndarray] | None = None
-
-    def _open(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:  # opened lazily so the dataset pickles cheaply into workers
-            self._arrays = {n: np.load(self.root / f"{n}.npy", mmap_mode="r") for n in (*_ARRAYS, "masks")}
-        return self._arrays
-
-    def __len__(self) -> int:
-        return int(self.meta["num_images"])
-
-    def __getitem__(self, i: int):
-        a = self._open()
-        feats = {"image_embed": torch.from_numpy(np.array(a["image_embed"][i])),
-                 "high_res_feats": [torch.from_numpy(np.array(a["high_res_0"][i])),
-                                    torch.from_numpy(np.array(a["high_res_1"][i]))]}
-        return feats, torch.from_numpy(np.array(a["masks"][i])).long()
