@@ -6,14 +6,18 @@ import logging
 import subprocess
 import sys
 import textwrap
+import types
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from foodlab.models.detector import FoodDetector
 from foodlab.models import sam2_backend
+from foodlab.models.prompts import prompts_for_batch
 from foodlab.models.sam2_cache import EmbeddingDataset
 from foodlab.train.losses import segmentation_loss
 
@@ -182,3 +186,91 @@ def test_embed_command(tmp_path):
     feats, mask = ds[1]
     assert len(ds) == 2 and feats["high_res_feats"][0].shape == (32, 32, 32) and mask.shape == (64, 64)
     assert set(mask.unique().tolist()) <= {0, 1}
+
+
+# ---------------------------------------------------------------- against SAM2's own predictor
+# SAM2ImagePredictor imports torchvision only for three transforms, and torchvision cannot load next to the
+# CPU torch wheel. These stand-ins do what torchvision does on a float tensor (ToTensor: HWC uint8 -> CHW
+# /255; Resize((s, s)): bilinear, align_corners=False, antialias=True; Normalize); everything else is
+# SAM2's own code. Module level: torch.jit.script needs their source.
+
+
+class _ToTensor:
+    def __call__(self, img):
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255)
+
+
+class _Resize(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False,
+                             antialias=True).squeeze(0)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@pytest.fixture
+def sam2_predictor(monkeypatch, tiny_sam):
+    """SAM2's real ``SAM2ImagePredictor`` on ``tiny_sam``, with torchvision's transforms stood in."""
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.ToTensor, transforms.Resize, transforms.Normalize = _ToTensor, _Resize, _Normalize
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = transforms
+    before = set(sys.modules)
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(tiny_sam)
+    predictor._bb_feat_sizes = [(SAM_SIZE // 4,) * 2, (SAM_SIZE // 8,) * 2, (SAM_SIZE // 16,) * 2]  # it assumes 1024
+    yield predictor
+    for name in set(sys.modules) - before:  # the stand-ins must not leak into other tests
+        if name.startswith(("sam2.sam2_image_predictor", "sam2.utils.transforms")):
+            del sys.modules[name]
+
+
+def _photo(h, w, seed):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(img + rng.integers(0, 40, img.shape, dtype=np.uint8))  # fine detail: aliasing shows
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SAM2Transforms calls torch.jit.script
+def test_photo_logits_match_sam2_predictor(tiny_sam, sam2_predictor):
+    """Full-resolution photos (one shrunk, one enlarged to SAM2's input), head masks at another size, a
+    box + points prompt and a box-only one in the same batch: foodlab's batched path gives SAM2's logits."""
+    photos = [_photo(150, 200, 0), _photo(90, 110, 1)]
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[0, 8:30, 10:40] = 1
+    masks[0, 40:60, 44:60] = 1
+    masks[0, 50, 2] = 1  # a crumb: left out of the prompt
+    # image 1: empty head mask -> a box-only prompt
+    frames = [p.shape[:2] for p in photos]
+    tensors = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos]
+    with torch.no_grad():
+        logits, scores = sam2_backend.photo_logits(tiny_sam, tensors, masks, rng=np.random.default_rng(0))
+    prompts = prompts_for_batch(masks, 1, image_size=SAM_SIZE, rng=np.random.default_rng(0), frames=frames)
+    assert prompts["image_index"].tolist() == [0, 1]
+    for i, (photo, (h, w)) in enumerate(zip(photos, frames)):
+        coords = prompts["coords"][i].numpy() / SAM_SIZE * np.array([w, h])  # back to the photo's frame
+        labels = prompts["labels"][i].numpy()
+        real = labels[2:] != -1
+        sam2_predictor.set_image(photo)
+        ref, ref_iou, _ = sam2_predictor.predict(
+            point_coords=coords[2:][real] if real.any() else None, point_labels=labels[2:][real] if real.any() else None,
+            box=coords[:2].reshape(4), multimask_output=False, return_logits=True)
+        assert logits[i].shape == (1, h, w)
+        np.testing.assert_allclose(logits[i][0].numpy(), ref[0], atol=1e-3, rtol=1e-3)
+        assert float(scores[i]) == pytest.approx(float(ref_iou[0]), abs=1e-4)
+    assert real.sum() == 0  # the second prompt was box-only

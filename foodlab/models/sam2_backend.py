@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from foodlab.devices import resolve_device
 from foodlab.models.lightweight import IMAGENET_MEAN, IMAGENET_STD, interpolate
-from foodlab.models.prompts import assemble_logits, prompts_for_batch
+from foodlab.models.prompts import PAD_LABEL, assemble_logits, prompts_for_batch
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +102,28 @@ def load_sam2_checkpoint(model: nn.Module, path: str | Path, model_type: str = "
     log.info("loaded SAM2 %s weights from %s", model_type, path)
 
 
-def preprocess(sam: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> resized to the model's square input and ImageNet-normalized."""
+def preprocess(sam: nn.Module, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Images in [0, 1] -> SAM2's square input, ImageNet-normalized, as SAM2's own transforms do.
+
+    ``images`` is a (B, 3, H, W) batch or a list of (3, H, W) photos of any sizes (each is
+    resized on its own, then stacked). Bilinear with antialias, as torchvision's ``Resize``
+    in ``SAM2Transforms``: without it a large photo shrunk to 1024 aliases (it only matters
+    when downscaling).
+    """
     size = sam.image_size
-    x = interpolate(images, (size, size))
+    batch = [images] if torch.is_tensor(images) else [p[None] for p in images]
+    x = torch.cat([_resize_antialiased(b, size) for b in batch])
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _resize_antialiased(x: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    dtype = x.dtype
+    x = x.float() if x.device.type == "mps" else x  # MPS: antialiased kernels in float32 only
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).to(dtype)
 
 
 def encode(sam: nn.Module, images: torch.Tensor) -> dict:
@@ -136,30 +152,44 @@ def decode(sam: nn.Module, features: dict, prompts: dict) -> tuple[torch.Tensor,
     """Batched prompt encoder + mask decoder: one low-res mask logit (N, 1, s/4, s/4) and score (N,) per prompt.
 
     ``prompts`` (from ``prompts_for_batch``) holds coords (N, P, 2) in model-input pixels,
-    labels (N, P) (2/3 = box corners, 1/0 = positive/negative points, -1 = padding) and
-    image_index (N,). Each prompt's image features are gathered so the decoder runs once
-    with ``repeat_image=False``.
+    labels (N, P) (2/3 = box corners, 1/0 = positive/negative points, -1 = padding, always
+    trailing) and image_index (N,). Padding points are not free: the prompt encoder turns
+    each into a token the decoder attends to. So prompts are grouped by their number of real
+    points and each group runs without padding, which is what SAM2's predictor feeds the
+    encoder for one prompt (it then adds its own single pad point, as here). Each prompt's
+    image features are gathered so the decoder runs with ``repeat_image=False``.
     """
     embed = features["image_embed"]
     device_type = embed.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
         else next(sam.sam_mask_decoder.parameters()).dtype  # cached fp16 -> the dtype the decoder computes in
-    idx = prompts["image_index"]
-    same = len(idx) == len(embed) and bool((idx == torch.arange(len(idx), device=idx.device)).all())
-    gather = (lambda t: t.to(dtype)) if same else (lambda t: t[idx].to(dtype))  # one prompt per image: no copy
-    embed = gather(embed)
-    high_res = [gather(f) for f in features["high_res_feats"]]
-    sparse, dense = sam.sam_prompt_encoder(points=(prompts["coords"], prompts["labels"]), boxes=None, masks=None)
-    low_res, iou, _, _ = sam.sam_mask_decoder(
-        image_embeddings=embed,
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=high_res,
-    )
-    return low_res, iou[:, 0]
+    coords, labels, idx = prompts["coords"], prompts["labels"], prompts["image_index"]
+    counts = (labels != PAD_LABEL).sum(dim=1)
+    low_res, iou, order = [], [], []
+    for n in sorted(set(counts.tolist())):
+        sel = torch.nonzero(counts == n)[:, 0]
+        if bool((labels[sel, n:] != PAD_LABEL).any()):
+            raise ValueError("prompt padding must come after the real points (as prompts_for_batch builds it)")
+        rows = idx[sel]
+        same = len(rows) == len(embed) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        gather = (lambda t: t.to(dtype)) if same else (lambda t, rows=rows: t[rows].to(dtype))  # no copy if 1:1
+        sparse, dense = sam.sam_prompt_encoder(points=(coords[sel, :n], labels[sel, :n]), boxes=None, masks=None)
+        masks, scores, _, _ = sam.sam_mask_decoder(
+            image_embeddings=gather(embed),
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=[gather(f) for f in features["high_res_feats"]],
+        )
+        low_res.append(masks)
+        iou.append(scores[:, 0])
+        order.append(sel)
+    if len(order) == 1:
+        return low_res[0], iou[0]
+    back = torch.argsort(torch.cat(order))  # groups -> the prompts' own order
+    return torch.cat(low_res)[back], torch.cat(iou)[back]
 
 
 def decoder_logits(sam: nn.Module, features: dict, masks: torch.Tensor, num_classes: int = 1,
@@ -174,11 +204,14 @@ def decoder_logits(sam: nn.Module, features: dict, masks: torch.Tensor, num_clas
     low_res, iou = decode(sam, features, prompts)
     logits = assemble_logits(low_res, prompts, b, num_classes)
     logits = interpolate(logits, tuple(masks.shape[-2:]))
-    if not return_scores:
-        return logits
-    scores = torch.zeros(b, device=iou.device, dtype=torch.float32).index_add_(0, prompts["image_index"], iou.float())
-    counts = torch.bincount(prompts["image_index"], minlength=b).clamp_min(1)
-    return logits, scores / counts
+    return (logits, _image_scores(iou, prompts, b)) if return_scores else logits
+
+
+def _image_scores(iou: torch.Tensor, prompts: dict, batch_size: int) -> torch.Tensor:
+    """Per-image score: the mean of its prompts' predicted IoU."""
+    idx = prompts["image_index"]
+    scores = torch.zeros(batch_size, device=iou.device, dtype=torch.float32).index_add_(0, idx, iou.float())
+    return scores / torch.bincount(idx, minlength=batch_size).clamp_min(1)
 
 
 def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int = 1,
@@ -188,3 +221,24 @@ def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_c
         interpolate(masks[:, None].float(), tuple(images.shape[-2:]), mode="nearest")[:, 0].long()
     return decoder_logits(sam, encode(sam, images), masks, num_classes, rng=rng,
                           return_scores=return_scores, **prompt_kwargs)
+
+
+def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
+                 rng: np.random.Generator | None = None, **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """SAM2 inference as SAM2's predictor does it: photos at their own resolution, prompted from ``masks``.
+
+    ``photos``: (3, H_i, W_i) tensors in [0, 1], any sizes; SAM2 resizes each to its square
+    input itself (antialiased). ``masks`` (B, h, w): class ids at another resolution (the
+    head's training size); their prompts are scaled to each photo's frame, then to SAM2's
+    input. SAM2's low-res logits are upsampled bilinearly to each photo's size, so a caller
+    thresholds at full resolution. Returns ([(C, H_i, W_i) logits], scores (B,)).
+    """
+    frames = [tuple(int(d) for d in p.shape[-2:]) for p in photos]
+    features = encode(sam, photos)
+    prompts = prompts_for_batch(masks, num_classes, image_size=sam.image_size, rng=rng, frames=frames,
+                                device=features["image_embed"].device, **prompt_kwargs)
+    low_res, iou = decode(sam, features, prompts)
+    low = assemble_logits(low_res, prompts, len(photos), num_classes).float()
+    logits = [F.interpolate(low[i:i + 1], size=frame, mode="bilinear", align_corners=False)[0]
+              for i, frame in enumerate(frames)]
+    return logits, _image_scores(iou, prompts, len(photos))
