@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foodlab.models.detector import FoodDetector
 from foodlab.models import sam2_backend
+from foodlab.models.detector import FoodDetector
 from foodlab.models.prompts import prompts_for_batch
 from foodlab.models.sam2_cache import EmbeddingDataset
 from foodlab.train.losses import segmentation_loss
@@ -144,31 +144,6 @@ def test_full_sam2_paths_never_import_torchvision():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lightweight", "sam2"])
-def test_predict_command_end_to_end(tmp_path, mode):
-    from foodlab.models.commands import add_commands
-
-    src = tmp_path / "photos"
-    src.mkdir()
-    for i in range(2):
-        img = np.full((60 + 10 * i, 80, 3), 200, np.uint8)
-        cv2.circle(img, (40, 30), 15, (30, 120, 200), -1)
-        cv2.imwrite(str(src / f"dish{i}.jpg"), img)
-    weights = FoodDetector(device="cpu").save_head(tmp_path / "head.pt")
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["predict", str(src), "--weights", str(weights), "--out", str(tmp_path / "out"),
-                              "--mode", mode, "--image-size", "64", "--device", "cpu", "--sam2-image-size", "128"])
-    assert args.func(args) == 0
-    for i in range(2):
-        mask = cv2.imread(str(tmp_path / "out" / f"dish{i}_mask.png"), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (60 + 10 * i, 80) and mask.dtype == np.uint8
-        assert set(np.unique(mask)) <= {0, 255}
-        overlay = cv2.imread(str(tmp_path / "out" / f"dish{i}_overlay.jpg"))
-        assert overlay.shape == (60 + 10 * i, 80, 3)
 
 
 @pytest.mark.slow

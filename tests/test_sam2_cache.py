@@ -8,7 +8,12 @@ import torch
 
 from foodlab.config import ModelConfig
 from foodlab.models import sam2_backend
-from foodlab.models.sam2_cache import EmbeddingDataset, TeacherTargets, embed_dataset, teacher_logits
+from foodlab.models.sam2_cache import (
+    EmbeddingDataset,
+    TeacherTargets,
+    embed_dataset,
+    teacher_logits,
+)
 from foodlab.train.losses import segmentation_loss
 
 SAM_SIZE = 128

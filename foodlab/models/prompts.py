@@ -98,12 +98,14 @@ def prompts_from_mask(mask, max_prompts: int = 4, num_pos: int = 3, num_neg: int
             "labels": np.asarray(labels, np.int32).reshape(-1, width)}
 
 
-def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int, rng: np.random.Generator | None = None,
+def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int,
+                      rng: np.random.Generator | list[np.random.Generator] | None = None,
                       device=None, per_component: bool = False, frames: list[tuple[int, int]] | None = None,
                       **kwargs) -> dict:
     """Prompts for a batch of class-id masks (B, H, W), scaled to SAM2's square input of ``image_size``.
 
-    ``frames``: each image's (height, width) when SAM2 sees a photo of another size than the
+    ``rng``: one generator for the batch, or one per image (then an image's prompts do not
+    depend on the other images in its batch). ``frames``: each image's (height, width) when SAM2 sees a photo of another size than the
     mask (inference: the head runs smaller). A mask pixel's centre is mapped to the photo's
     frame (a box covers its pixels' extent, a point sits at its pixel's centre), then to SAM2's
     input as SAM2's ``transform_coords`` does (x / W * image_size).
@@ -114,7 +116,8 @@ def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int, rn
     masks_np = masks.detach().cpu().numpy()
     _, h, w = masks_np.shape
     coords, labels, image_index, class_index = [], [], [], []
-    for i, m in enumerate(masks_np):
+    rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(masks_np)
+    for i, (m, rng) in enumerate(zip(masks_np, rngs)):
         fh, fw = frames[i] if frames is not None else (h, w)
         to_frame = np.array([fw / w, fh / h], np.float32)
         to_input = np.array([image_size / fw, image_size / fh], np.float32)

@@ -224,7 +224,7 @@ def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_c
 
 
 def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
-                 rng: np.random.Generator | None = None, **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+                 rng: np.random.Generator | list[np.random.Generator] | None = None, **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
     """SAM2 inference as SAM2's predictor does it: photos at their own resolution, prompted from ``masks``.
 
     ``photos``: (3, H_i, W_i) tensors in [0, 1], any sizes; SAM2 resizes each to its square
@@ -234,6 +234,8 @@ def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor
     thresholds at full resolution. Returns ([(C, H_i, W_i) logits], scores (B,)).
     """
     frames = [tuple(int(d) for d in p.shape[-2:]) for p in photos]
+    if rng is None:  # each photo's prompts seeded alone: a photo's mask does not depend on its batch
+        rng = [np.random.default_rng(0) for _ in photos]
     features = encode(sam, photos)
     prompts = prompts_for_batch(masks, num_classes, image_size=sam.image_size, rng=rng, frames=frames,
                                 device=features["image_embed"].device, **prompt_kwargs)
