@@ -153,3 +153,55 @@ def test_sam2_checkpoint_is_referenced_or_bundled(tmp_path, head_file):
     with pytest.raises(Exception, match="not on this machine"):
         mlflow.pyfunc.load_model(f"runs:/{referenced}/model")
     mlflow.pyfunc.load_model(f"runs:/{bundled}/model")
+
+
+def _cli(*argv) -> int:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_registry_promote_list_and_predict_by_alias(tmp_path, head_file, capsys):
+    import mlflow
+
+    from foodlab.models.pyfunc import log_detector
+
+    tracking.configure(check=False)
+    runs = []
+    for miou in (0.3, 0.7, 0.5):
+        with tracking.start_run("registry-test") as run:
+            tracking.log_metrics({"val_miou": miou, "val_loss": 1 - miou})
+            log_detector(_detector(head_file), image_size=HEAD_SIZE, registered_name="food")
+        runs.append(run.info.run_id)
+    with tracking.start_run("registry-test"):  # a better run without a model is not a candidate
+        tracking.log_metrics({"val_miou": 0.9})
+    best = tracking.best_run("registry-test", "val_miou")
+    assert best["run_id"] == runs[1] and best["model_uri"] == f"runs:/{runs[1]}/model"
+    assert tracking.best_run("registry-test", "val_loss")["run_id"] == runs[1]
+
+    assert _cli("models", "promote", "food") == 0
+    assert "version 2" in capsys.readouterr().out
+    assert str(mlflow.MlflowClient().get_model_version_by_alias("food", "champion").version) == "2"
+    assert _cli("models", "promote", "food", "--version", "3") == 0
+    assert _cli("models", "list", "food") == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[-4:]]
+    assert rows[0] == ["version", "aliases", "run_id", "val_loss", "val_miou"]
+    assert [r[:2] for r in rows[1:]] == [["3", "champion"], ["2", "-"], ["1", "-"]]
+    assert rows[2][4] == "0.7000"
+    with pytest.raises(UsageError, match="no version 9"):
+        tracking.promote("food", version=9)
+    with pytest.raises(UsageError, match="no registered model"):
+        tracking.promote("nope")
+
+    _photos(tmp_path / "in")
+    common = ["--out", None, "--mode", "lightweight", "--device", "cpu", "--num-workers", "0"]
+    for source, out in ((["--model", "models:/food@champion"], "by_alias"), (["--weights", head_file], "by_file")):
+        argv = ["predict", tmp_path / "in", *source, *common]
+        argv[argv.index(None)] = tmp_path / out
+        if out == "by_file":
+            argv += ["--image-size", HEAD_SIZE]  # the registered model knows its own
+        assert _cli(*argv) == 0
+    for name in ("dish0_mask.png", "dish1_mask.png"):
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "by_alias" / name), cv2.IMREAD_UNCHANGED),
+                                      cv2.imread(str(tmp_path / "by_file" / name), cv2.IMREAD_UNCHANGED))

@@ -34,6 +34,24 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run_predict)
 
+    m = sub.add_parser("models", help="the model registry: promote the best version, list versions",
+                       description="Registered foodlab models (foodlab train --register NAME). Load the champion "
+                                   "with `foodlab predict --model models:/NAME@champion` or serve it with "
+                                   "`mlflow models serve -m models:/NAME@champion --env-manager local`.")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    pr = msub.add_parser("promote", help="point the alias 'champion' at the best version (or at --version N)")
+    pr.add_argument("name", help="registered model name")
+    how = pr.add_mutually_exclusive_group()
+    how.add_argument("--metric", default="val_miou",
+                     help="pick the version whose run logged the best value of this metric (default: val_miou; "
+                          "names with loss/error/time: lowest wins, else highest)")
+    how.add_argument("--version", help="pick this version")
+    pr.add_argument("--alias", default="champion", help=argparse.SUPPRESS)
+    pr.set_defaults(func=run_promote)
+    ls = msub.add_parser("list", help="versions of a registered model with their aliases and run metrics")
+    ls.add_argument("name", help="registered model name")
+    ls.set_defaults(func=run_list)
+
     e = sub.add_parser("embed", help="cache SAM2 image embeddings of a dataset for decoder-only training")
     e.add_argument("--data", type=Path, required=True, help="dataset root (any layout FoodSegDataset reads)")
     e.add_argument("--out", type=Path, required=True, help="output folder for the .npy arrays + meta.json")
@@ -76,6 +94,32 @@ def run_predict(args) -> int:
         print(f"{len(report.failed)} of {len(report.failed) + len(report.written)} inputs could not be read",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def run_promote(args) -> int:
+    from foodlab import tracking
+
+    tracking.configure(check=True)
+    version = tracking.promote(args.name, metric=args.metric, version=args.version, alias=args.alias)
+    how = f"chosen as version {args.version}" if args.version else f"best {args.metric}"
+    print(f"models:/{args.name}@{args.alias} -> version {version} ({how})")
+    return 0
+
+
+def run_list(args) -> int:
+    from foodlab import tracking
+
+    tracking.configure(check=True)
+    versions = tracking.model_versions(args.name)
+    if not versions:
+        print(f"no versions of {args.name!r}")
+        return 0
+    shown = sorted({k for v in versions for k in v["metrics"] if k.startswith("val_")})
+    print("\t".join(["version", "aliases", "run_id", *shown]))
+    for v in versions:
+        values = [f"{v['metrics'][k]:.4f}" if k in v["metrics"] else "-" for k in shown]
+        print("\t".join([v["version"], ",".join(v["aliases"]) or "-", v["run_id"] or "-", *values]))
     return 0
 
 

@@ -173,6 +173,7 @@ def log_detector(detector, *, image_size: int, class_names: list[str] | None = N
             registered_model_name=registered_name, metadata={"foodlab": config, "foodlab_version": __version__},
             pip_requirements=[f"foodlab=={__version__}"],
         )
+    tracking.set_tags({tracking.MODEL_TAG: name})  # tracking.best_run finds runs a registry can take
     log.info("logged the detector as an MLflow Model: %s", info.model_uri)
     return info
 
