@@ -249,3 +249,23 @@ def test_photo_logits_match_sam2_predictor(tiny_sam, sam2_predictor):
         np.testing.assert_allclose(logits[i][0].numpy(), ref[0], atol=1e-3, rtol=1e-3)
         assert float(scores[i]) == pytest.approx(float(ref_iou[0]), abs=1e-4)
     assert real.sum() == 0  # the second prompt was box-only
+
+
+def test_decode_of_a_prompt_does_not_depend_on_the_point_counts_of_its_batch(tiny_sam):
+    """Prompts with 2 (box only), 4 and 5 points decoded together give what each gives alone: no padding
+    point from a longer prompt reaches a shorter one."""
+    masks = torch.zeros(3, 64, 64, dtype=torch.long)
+    masks[1, 10:12, 10:11] = 1  # two pixels: a box and two points, padded to the batch's width
+    masks[2, 8:40, 10:50] = 1
+    with torch.no_grad():
+        feats = sam2_backend.encode(tiny_sam, torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        prompts = prompts_for_batch(masks, 1, image_size=SAM_SIZE, rng=np.random.default_rng(0))
+        assert sorted((prompts["labels"] != -1).sum(1).tolist()) == [2, 4, 5]  # a full box: no negative point
+        together, iou = sam2_backend.decode(tiny_sam, feats, prompts)
+        for i in range(3):
+            one = {k: v[i:i + 1] for k, v in prompts.items()}
+            one["coords"], one["labels"] = one["coords"][:, :int((one["labels"] != -1).sum())], \
+                one["labels"][:, :int((one["labels"] != -1).sum())]
+            alone, alone_iou = sam2_backend.decode(tiny_sam, feats, one)
+            torch.testing.assert_close(together[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(iou[i:i + 1], alone_iou, atol=1e-5, rtol=1e-5)
