@@ -96,7 +96,7 @@ def test_model_loaded_in_a_fresh_process_gives_foodlab_predicts_masks(tmp_path, 
         assert "foodlab.models.detector" in sys.modules
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     from foodlab.models.pyfunc import decode_mask
 
@@ -116,10 +116,10 @@ def test_model_records_its_settings_and_takes_arrays(tmp_path, head_file):
     from foodlab.models.pyfunc import decode_mask, load_detector
 
     detector = _detector(head_file)
-    run_id, info = _log(detector, class_names=["background"])
+    run_id, _ = _log(detector, class_names=["background", "food"])
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     meta = model.metadata.metadata["foodlab"]
-    assert meta["head"] == "fast" and meta["num_classes"] == 1 and meta["class_names"] == ["background"]
+    assert meta["head"] == "fast" and meta["num_classes"] == 1 and meta["class_names"] == ["background", "food"]
     assert meta["image_size"] == HEAD_SIZE and meta["sam2_model_type"] == "tiny" and meta["sam2_checkpoint"] is None
     schema = model.metadata.get_input_schema()
     assert schema.input_names() == ["image"] and model.metadata.get_params_schema().to_dict()[0]["default"] == "sam2"
@@ -131,7 +131,9 @@ def test_model_records_its_settings_and_takes_arrays(tmp_path, head_file):
     assert out["score"][0] == pytest.approx(score, abs=1e-6)
 
     loaded = load_detector(f"runs:/{run_id}/model", device="cpu")
-    assert loaded.image_size == HEAD_SIZE and loaded.class_names == ["background"]
+    assert loaded.image_size == HEAD_SIZE and loaded.class_names == ["background", "food"]
+    with pytest.raises(UsageError, match="3 class names for masks with 2 class ids"):
+        _log(detector, class_names=["background", "food", "plate"])
     with pytest.raises(UsageError, match="image 0: not base64"):
         model.predict({"image": ["%%%"]}, params={"mode": "lightweight"})
     with pytest.raises(UsageError, match="image 0: .*corrupt|image 0: .*not an image"):
@@ -205,3 +207,11 @@ def test_registry_promote_list_and_predict_by_alias(tmp_path, head_file, capsys)
     for name in ("dish0_mask.png", "dish1_mask.png"):
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "by_alias" / name), cv2.IMREAD_UNCHANGED),
                                       cv2.imread(str(tmp_path / "by_file" / name), cv2.IMREAD_UNCHANGED))
+
+
+def test_log_detector_needs_an_active_run(head_file):
+    from foodlab.models.pyfunc import log_detector
+
+    tracking.configure(check=False)
+    with pytest.raises(UsageError, match="active run"):
+        log_detector(_detector(head_file), image_size=HEAD_SIZE)

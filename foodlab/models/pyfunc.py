@@ -138,7 +138,7 @@ def _input_example(size: int = 32) -> pd.DataFrame:
 
     img = np.full((size, size, 3), 200, np.uint8)
     cv2.circle(img, (size // 2, size // 2), size // 4, (200, 120, 30), -1)
-    ok, buf = cv2.imencode(".jpg", img)
+    _, buf = cv2.imencode(".jpg", img)
     return pd.DataFrame({"image": [base64.b64encode(buf.tobytes()).decode("ascii")]})
 
 
@@ -147,12 +147,16 @@ def log_detector(detector, *, image_size: int, class_names: list[str] | None = N
     """Log ``detector`` (its lightweight head + SAM2 settings) as an MLflow Model in the active run.
 
     ``image_size``: the resolution the head trained at (the model runs it there).
+    ``class_names``: one per mask class id, background first (binary: 2 names).
     ``registered_name``: also register it as a new version of that registered model.
     ``bundle_sam2``: copy the SAM2 checkpoint into the model (else it is referenced by path).
     Returns MLflow's ``ModelInfo`` (``model_uri`` is ``runs:/<run id>/model``).
     """
-    if class_names is not None and len(class_names) != detector.num_classes:
-        raise UsageError(f"{len(class_names)} class names for a {detector.num_classes}-class head")
+    ids = max(2, int(detector.num_classes))  # a binary head (num_classes 1) writes ids 0 and 1
+    if class_names is not None and len(class_names) != ids:
+        raise UsageError(f"{len(class_names)} class names for masks with {ids} class ids (0 = background)")
+    if mlflow.active_run() is None:  # else MLflow would log a run-less model and set_tags would start a run
+        raise UsageError("log_detector logs into the active run: call it inside tracking.start_run(...)")
     checkpoint = getattr(detector, "sam2_checkpoint", None)
     checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
     if bundle_sam2 and not checkpoint:
