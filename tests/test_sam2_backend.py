@@ -269,3 +269,19 @@ def test_decode_of_a_prompt_does_not_depend_on_the_point_counts_of_its_batch(tin
             alone, alone_iou = sam2_backend.decode(tiny_sam, feats, one)
             torch.testing.assert_close(together[i:i + 1], alone, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(iou[i:i + 1], alone_iou, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_photo_masks_are_the_thresholded_photo_logits(tiny_sam, num_classes):
+    from foodlab.labels import class_ids
+
+    photos = [torch.rand(3, 90, 70, generator=torch.Generator().manual_seed(1)), torch.rand(3, 40, 50)]
+    masks = _gt(2, size=32, num_classes=3)
+    masks[1, 2:8, 2:8] = 3
+    with torch.no_grad():
+        logits, scores = sam2_backend.photo_logits(tiny_sam, photos, masks, num_classes)
+        ids, scores_again = sam2_backend.photo_masks(tiny_sam, photos, masks, num_classes)
+    torch.testing.assert_close(scores, scores_again)
+    for lg, m, p in zip(logits, ids, photos):
+        assert lg.shape == (num_classes, *p.shape[-2:]) and m.shape == p.shape[-2:] and m.dtype == torch.long
+        torch.testing.assert_close(m, class_ids(lg[None])[0], atol=0, rtol=0)

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from foodlab.atomic import atomic_write
 from foodlab.data.dataset import BadSample, read_image
 from foodlab.errors import FoodlabError, UsageError
-from foodlab.labels import class_ids
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,14 @@ def segment(detector, photos: list[np.ndarray], *, mode: str = "sam2", image_siz
         masks = [cv2.resize(m.astype(np.uint8), (p.shape[1], p.shape[0]), interpolation=cv2.INTER_NEAREST)
                  for m, p in zip(head["masks"].cpu().numpy(), photos)]
         return list(zip(masks, head["scores"].float().cpu().tolist()))
-    from foodlab.models.sam2_backend import photo_logits
+    from foodlab.models.sam2_backend import photo_masks
 
     prompt_masks = head["masks"] if detector.head_trained else torch.zeros_like(head["masks"])  # untrained: box
     detector.eval()
     with torch.inference_mode():
         tensors = [torch.from_numpy(p).to(detector.device).permute(2, 0, 1).float().div(255) for p in photos]
-        logits, scores = photo_logits(detector.sam, tensors, prompt_masks, detector.num_classes)
-    masks = [class_ids(lg[None])[0].to(torch.uint8).cpu().numpy() for lg in logits]
+        masks, scores = photo_masks(detector.sam, tensors, prompt_masks, detector.num_classes)
+    masks = [m.to(torch.uint8).cpu().numpy() for m in masks]
     return list(zip(masks, scores.float().cpu().tolist()))
 
 

@@ -223,16 +223,8 @@ def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_c
                           return_scores=return_scores, **prompt_kwargs)
 
 
-def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
-                 rng: np.random.Generator | list[np.random.Generator] | None = None, **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """SAM2 inference as SAM2's predictor does it: photos at their own resolution, prompted from ``masks``.
-
-    ``photos``: (3, H_i, W_i) tensors in [0, 1], any sizes; SAM2 resizes each to its square
-    input itself (antialiased). ``masks`` (B, h, w): class ids at another resolution (the
-    head's training size); their prompts are scaled to each photo's frame, then to SAM2's
-    input. SAM2's low-res logits are upsampled bilinearly to each photo's size, so a caller
-    thresholds at full resolution. Returns ([(C, H_i, W_i) logits], scores (B,)).
-    """
+def _photo_low_res(sam, photos, masks, num_classes, rng, prompt_kwargs):
+    """Encode the photos at their own size, prompt from ``masks`` in each photo's frame, decode, assemble."""
     frames = [tuple(int(d) for d in p.shape[-2:]) for p in photos]
     if rng is None:  # each photo's prompts seeded alone: a photo's mask does not depend on its batch
         rng = [np.random.default_rng(0) for _ in photos]
@@ -241,6 +233,45 @@ def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor
                                 device=features["image_embed"].device, **prompt_kwargs)
     low_res, iou = decode(sam, features, prompts)
     low = assemble_logits(low_res, prompts, len(photos), num_classes).float()
-    logits = [F.interpolate(low[i:i + 1], size=frame, mode="bilinear", align_corners=False)[0]
-              for i, frame in enumerate(frames)]
-    return logits, _image_scores(iou, prompts, len(photos))
+    return low, frames, prompts, _image_scores(iou, prompts, len(photos))
+
+
+def _upsample(low: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) -> (C, H, W), bilinear as SAM2's ``postprocess_masks``."""
+    return F.interpolate(low[None], size=frame, mode="bilinear", align_corners=False)[0]
+
+
+def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
+                 rng: np.random.Generator | list[np.random.Generator] | None = None,
+                 **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """SAM2 inference as SAM2's predictor does it: photos at their own resolution, prompted from ``masks``.
+
+    ``photos``: (3, H_i, W_i) tensors in [0, 1], any sizes; SAM2 resizes each to its square
+    input itself (antialiased). ``masks`` (B, h, w): class ids at another resolution (the
+    head's training size); their prompts are scaled to each photo's frame, then to SAM2's
+    input. SAM2's low-res logits are upsampled bilinearly to each photo's size, so a caller
+    thresholds at full resolution. Returns ([(C, H_i, W_i) logits], scores (B,)).
+    """
+    low, frames, _, scores = _photo_low_res(sam, photos, masks, num_classes, rng, prompt_kwargs)
+    return [_upsample(low[i], frame) for i, frame in enumerate(frames)], scores
+
+
+def photo_masks(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
+                rng: np.random.Generator | list[np.random.Generator] | None = None,
+                **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``photo_logits`` thresholded: ([(H_i, W_i) long class ids], scores (B,)).
+
+    Multi-class: only the background and the classes an image was prompted for are upsampled
+    (the others hold ``NEG_LOGIT`` and cannot win), so a 100-class model on a 12-megapixel
+    photo does not allocate 100 full-size logit maps.
+    """
+    low, frames, prompts, scores = _photo_low_res(sam, photos, masks, num_classes, rng, prompt_kwargs)
+    out = []
+    for i, frame in enumerate(frames):
+        if num_classes == 1:
+            out.append((_upsample(low[i], frame)[0] > 0).long())
+            continue
+        prompted = prompts["class_index"][(prompts["image_index"] == i) & (prompts["class_index"] > 0)]
+        channels = torch.unique(torch.cat([prompted.new_zeros(1), prompted]))  # sorted: ties go to the lower id
+        out.append(channels[_upsample(low[i, channels], frame).argmax(dim=0)])
+    return out, scores
