@@ -8,7 +8,11 @@ the predictor's own steps (``forward_image`` -> ``_prepare_backbone_features`` -
 
 Prompts come from masks (ground truth in training, the lightweight head's mask at
 inference): see ``prompts.py``. Each prompt yields one low-res mask logit; they
-are merged into (B, C, H, W) logits by ``assemble_logits``.
+are merged into (B, C, H, W) logits by ``assemble_logits``. Training works on batches
+of one size (``sam2_logits``, ``decoder_logits``); inference on photos of any size
+(``photo_logits``, ``photo_masks``) does what ``SAM2ImagePredictor`` does: the photo
+goes in at its own resolution, logits come back at it. The on-disk caches of SAM2
+outputs live in ``sam2_cache.py``.
 """
 from __future__ import annotations
 
