@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs"
     resume: str | None = None       # None: a new run; "latest", a run folder, or an MLflow run id
+    register: str | None = None     # register the trained head as a new version of this MLflow model
     experiment: str = "foodlab-train"
     run_name: str | None = None
     log_every: int = 1

@@ -43,16 +43,16 @@ def test_random_teacher_distills_and_reuses_its_cache(tmp_path, monkeypatch, cap
     assert logits.shape == (6, 1, 32, 32) and logits.dtype == "float16"
     assert json.loads((caches[0] / "meta.json").read_text())["complete"]
 
-    import foodlab.models
+    import foodlab.models.detector
 
-    real = foodlab.models.FoodDetector
+    real = foodlab.models.detector.FoodDetector
 
     def student_only(*a, **k):
         assert k.get("use_lightweight_head", True), "the teacher ran again instead of reusing its cache"
         return real(*a, **k)
 
-    monkeypatch.setattr(foodlab.models, "FoodDetector", student_only)
-    with caplog.at_level(logging.INFO, logger="foodlab.train.distill"):
+    monkeypatch.setattr(foodlab.models.detector, "FoodDetector", student_only)
+    with caplog.at_level(logging.INFO, logger="foodlab.models.sam2_cache"):
         r2 = distill(data, ModelConfig(), cfg, targets="hard", track=False, max_steps=1, **kw)
     assert r2.steps == 1
     assert "reusing cached teacher logits" in caplog.text

@@ -129,7 +129,7 @@ def test_two_runs_of_one_experiment_never_share_checkpoints(tmp_path):
         run = tracking.get_run(r.run_id)
         art = Path(run.info.artifact_uri.replace("file://", ""))
         files = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()}
-        assert {"checkpoints/best.pt", "model/model.pt", "logs/training.log"} <= files, files
+        assert {"checkpoints/best.pt", "weights/model.pt", "logs/training.log"} <= files, files
 
 
 def test_resume_with_more_epochs_extends_the_run_and_the_lr_never_climbs_back(tmp_path):

@@ -120,7 +120,7 @@ def test_sam2_inference_returns_masks_of_input_size(num_classes, head_trained):
     assert out["masks"].shape == (2, 48, 80) and out["masks"].dtype == torch.long
     assert out["masks"].min() >= 0 and out["masks"].max() < max(num_classes, 2)
     assert out["scores"].shape == (2,) and torch.isfinite(out["scores"]).all()
-    assert model._sam is not None and not any(p.requires_grad for p in model.sam.parameters())
+    assert model.sam_built and not any(p.requires_grad for p in model.sam.parameters())
     assert not model.sam.training
 
 

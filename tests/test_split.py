@@ -62,3 +62,20 @@ def test_fraction_and_small_datasets():
     assert holdout_keys(keys[:50], 0.0, seed=0) == (list(range(50)), [])
     with pytest.raises(UsageError, match="val_fraction"):
         holdout_keys(keys, 1.0, seed=0)
+
+
+def test_a_file_found_bad_moves_no_other_file(tmp_path):
+    import os
+
+    root = generate_synthetic(tmp_path / "d", 20, size=32, seed=0, classes=2, workers=1, progress=False)
+    ds = FoodSegDataset(root, image_size=32)
+    train, val = holdout(ds, 0.25, seed=3)
+    assert val and sorted(train + val) == list(range(20))
+    before = _sides(ds, train, val)
+    victim = sorted(p for p, side in before.items() if side == "train")[0]
+    (root / victim).write_bytes(b"")
+    ds[[os.path.relpath(p, root) for p, _ in ds.samples].index(victim)]    # found bad at load, remembered
+    again = FoodSegDataset(root, image_size=32)
+    assert len(again) == 19
+    after = _sides(again, *holdout(again, 0.25, seed=3))
+    assert after == {p: side for p, side in before.items() if p != victim}

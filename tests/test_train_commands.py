@@ -132,7 +132,7 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(e2e, monkeypatch):
     if not art.is_absolute():
         art = tmp / art
     files = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()}
-    assert {"bad_samples.json", "model/model.pt", "checkpoints/best.pt", "logs/training.log",
+    assert {"bad_samples.json", "weights/model.pt", "checkpoints/best.pt", "logs/training.log",
             "overlays/epoch_001.png", "overlays/epoch_002.png"} <= files, files
     assert "epoch 2/2:" in (art / "logs" / "training.log").read_text()
 

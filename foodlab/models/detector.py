@@ -126,15 +126,14 @@ class FoodDetector(nn.Module):
             if mode == "lightweight":
                 logits = self.head(images)
                 return {"masks": class_ids(logits), "scores": _confidence(logits)}
-            from foodlab.models.sam2_backend import sam2_logits
+            from foodlab.models.sam2_backend import photo_masks
 
             if self.head_trained:
                 prompt_masks = class_ids(self.head(images))
-            else:
+            else:   # an untrained head has nothing to say: a whole-image box
                 prompt_masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=self.device)
-            logits, scores = sam2_logits(self.sam, images, prompt_masks, self.num_classes,
-                                         rng=np.random.default_rng(0), return_scores=True)
-            return {"masks": class_ids(logits), "scores": scores}
+            masks, scores = photo_masks(self.sam, list(images), prompt_masks, self.num_classes)
+            return {"masks": torch.stack(masks), "scores": scores}
         finally:
             self.train(was_training)
 

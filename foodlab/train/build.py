@@ -18,28 +18,6 @@ from foodlab.train.losses import segmentation_loss
 log = logging.getLogger(__name__)
 
 
-def holdout_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded (train, val) index lists; at least one validation sample when n > 1."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(n - 1, max(1, round(n * val_fraction))) if n > 1 and val_fraction > 0 else 0
-    return perm[n_val:], perm[:n_val]
-
-
-def dataset_holdout(ds, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """``holdout_split`` drawn over the index's candidate pairs, not the kept samples: a file found bad
-    (and skipped from the next open on) then leaves every other image on the same side of the split."""
-    rows = getattr(getattr(ds, "samples", None), "rows", None)
-    if rows is None:
-        return holdout_split(len(ds), val_fraction, seed)
-    _, val_rows = holdout_split(len(ds.samples.folder), val_fraction, seed)
-    is_val = np.zeros(len(ds.samples.folder), bool)
-    is_val[val_rows] = True
-    val = np.flatnonzero(is_val[rows]).tolist()
-    if not val and len(ds) > 1 and val_fraction > 0:    # every held-out pair was bad: hold out by index
-        return holdout_split(len(ds), val_fraction, seed)
-    return np.flatnonzero(~is_val[rows]).tolist(), val
-
-
 def _own_val_split(root, data_cfg: DataConfig) -> str | None:
     """'val'/'test' when the root has a train split and one of those (and no other split was asked for)."""
     from foodlab.data.layouts import LayoutError, resolve_layout
@@ -58,6 +36,7 @@ def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
     from torch.utils.data import Subset
 
     from foodlab.data.dataset import FoodSegDataset
+    from foodlab.data.split import holdout
     from foodlab.data.synth import ensure_synthetic
 
     root = data_cfg.root or ensure_synthetic(n=data_cfg.synth_n, size=data_cfg.synth_size, seed=data_cfg.seed,
@@ -70,7 +49,7 @@ def build_datasets(data_cfg: DataConfig, val_fraction: float, seed: int):
         train_ds = FoodSegDataset(root, split="train", augment=data_cfg.augment, **kw)
         return train_ds, FoodSegDataset(root, split=own_val, augment=False, **kw), train_ds
     full = FoodSegDataset(root, split=data_cfg.split, augment=data_cfg.augment, **kw)
-    train_idx, val_idx = dataset_holdout(full, val_fraction, seed)
+    train_idx, val_idx = holdout(full, val_fraction, seed)
     plain = FoodSegDataset(root, split=data_cfg.split, augment=False, **kw) if data_cfg.augment else full
     log.info("seeded holdout: %d train / %d val images", len(train_idx), len(val_idx))
     return Subset(full, train_idx), Subset(plain, val_idx), full
@@ -108,11 +87,8 @@ class SAM2Decoder(nn.Module):
 def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device,
                        sam2_image_size: int | None = None) -> dict:
     """Datasets of cached SAM2 embeddings, the decoder-only model and its step: ``train(**setup)`` inputs."""
-    from foodlab.models.sam2_backend import (
-        EmbeddingDataset,
-        build_sam2_model,
-        embed_dataset,
-    )
+    from foodlab.models.sam2_backend import build_sam2_model
+    from foodlab.models.sam2_cache import EmbeddingDataset, embed_dataset
 
     train_ds, val_ds, full = build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
     root = Path(train_cfg.out_dir) / "sam2_embeddings"

@@ -60,6 +60,9 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="continue a run: a run folder, an MLflow run id, or nothing for the experiment's latest run")
     p.add_argument("--experiment", help="MLflow experiment")
     p.add_argument("--run-name", help="MLflow run name (also names the run folder)")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the trained head as a new version of the MLflow registered model NAME "
+                        "(then: foodlab models promote NAME)")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--out-dir", help="each run gets <out-dir>/<experiment>/<run-name or UTC time>-<MLflow run id>/")
@@ -101,7 +104,7 @@ def configs_from_args(args: argparse.Namespace):
                                 num_workers=args.num_workers, amp=args.amp, accum_steps=args.accum_steps,
                                 channels_last=args.channels_last, compile=args.compile, seed=args.seed,
                                 val_fraction=args.val_fraction, out_dir=args.out_dir, resume=args.resume,
-                                experiment=args.experiment, run_name=args.run_name,
+                                experiment=args.experiment, run_name=args.run_name, register=args.register,
                                 sam2_cached_embeddings=args.sam2_cached_embeddings))
     return data, model, train
 
@@ -115,29 +118,21 @@ def _setup_rank_logging() -> None:
 
 
 def _run(args: argparse.Namespace, distill: bool) -> int:
-    from foodlab.tracking import TrackingUnavailable
-    from foodlab.train.epoch import TrainingDiverged
-
+    """Train or distill; errors (a dead tracking server, divergence: exit 3, bad settings: exit 2) reach
+    ``cli.main``, which prints them as one line."""
     _setup_rank_logging()
     data, model, train_cfg = configs_from_args(args)
-    try:
-        if distill:
-            from foodlab.train.distill import distill as run
+    if distill:
+        from foodlab.train.distill import distill as run
 
-            result = run(data, model, train_cfg, teacher=args.teacher_checkpoint or args.teacher,
-                         targets=args.targets, alpha=args.alpha, teacher_cache=args.teacher_cache,
-                         teacher_image_size=args.teacher_image_size,
-                         max_steps=args.max_steps, progress=not args.no_progress)
-        else:
-            from foodlab.train.loop import train as run
+        result = run(data, model, train_cfg, teacher=args.teacher_checkpoint or args.teacher,
+                     targets=args.targets, alpha=args.alpha, teacher_cache=args.teacher_cache,
+                     teacher_image_size=args.teacher_image_size,
+                     max_steps=args.max_steps, progress=not args.no_progress)
+    else:
+        from foodlab.train.loop import train as run
 
-            result = run(data, model, train_cfg, max_steps=args.max_steps, progress=not args.no_progress)
-    except TrackingUnavailable as exc:
-        print(f"foodlab {'distill' if distill else 'train'}: MLflow tracking unavailable: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        log.error("training diverged: %s", exc)
-        return 3
+        result = run(data, model, train_cfg, max_steps=args.max_steps, progress=not args.no_progress)
     if result.interrupted:
         print(f"interrupted at step {result.steps}; checkpoint {result.last_checkpoint}; "
               f"continue with: foodlab {'distill' if distill else 'train'} --resume {result.run_folder}",

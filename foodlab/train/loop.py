@@ -153,7 +153,8 @@ def _train(data_cfg, model_cfg, train_cfg, device, dist, *, max_steps, progress,
                                             if isinstance(v, float)))
         if track:
             run_tracking.finish(folder, state.interrupted, log_model=s.raw_model, skipped=skipped,
-                                status="KILLED" if state.interrupted else "FINISHED")
+                                status="KILLED" if state.interrupted else "FINISHED",
+                                image_size=data_cfg.image_size, register=train_cfg.register)
         elif dist.is_main and not state.interrupted:
             run_tracking.save_final_model(s.raw_model, folder.model)
     dist.barrier()
@@ -345,10 +346,22 @@ def _epochs(s: Session, state: Progress, loaders: Loaders, folder, configs: dict
             return
 
 
+def _check_bad_data(loaders: Loaders) -> None:
+    """Raise DatasetError when most images loaded so far (in any process) were bad: judged at every
+    epoch end, since with ``drop_last`` some samples are never loaded at all."""
+    for ds in {id(d): d for d in (loaders.full_ds, loaders.train_ds, loaders.val_ds)}.values():
+        base = getattr(ds, "dataset", ds)   # under a holdout Subset
+        check = getattr(base, "check_bad_fraction", None)
+        if check is not None:
+            check()
+
+
 def _end_epoch(s: Session, state: Progress, loaders: Loaders, st: dict, epoch: int, t_epoch: float,
                train_time: float) -> dict:
     """Validate, record the epoch in the history, log its metrics and an overlay figure; returns the entry."""
+    _check_bad_data(loaders)   # mostly-bad data fails in its first epoch, drop_last and workers included
     val, sample = evaluate(s, loaders.val, s.num_classes)
+    _check_bad_data(loaders)
     entry = {"epoch": epoch + 1, "step": s.step, "train_loss": st["loss_sum"] / max(1, st["images"]),
              "images_per_s": st["images"] / max(st["busy_s"], 1e-9),
              "data_wait_fraction": st["wait_s"] / max(st["busy_s"], 1e-9),

@@ -48,13 +48,22 @@ def save_final_model(model: nn.Module, path: Path) -> Path:
     return path
 
 
-def log_final_model(model: nn.Module, path: Path) -> None:
-    """Save the final model to ``path`` and log it to the active MLflow run under ``model/``."""
-    tracking.log_artifact(save_final_model(model, path), "model")
+def log_final_model(model: nn.Module, path: Path, *, image_size: int, register: str | None = None) -> None:
+    """Save the final model to ``path`` and log it to the active MLflow run: the file under ``weights/``,
+    and a trained lightweight head also as an MLflow Model (``runs:/<id>/model``, registered as a new
+    version of ``register`` when given), so it can be loaded by URI, registered and served."""
+    tracking.log_artifact(save_final_model(model, path), "weights")
+    if getattr(model, "use_lightweight_head", False):
+        from foodlab.models.pyfunc import log_detector
+
+        log_detector(model, image_size=image_size, registered_name=register)
+    elif register:
+        log.warning("--register %s: only a lightweight head is logged as an MLflow Model; nothing registered",
+                    register)
 
 
 def finish(folder: Any, interrupted: bool, *, log_model: nn.Module | None, skipped: dict | None,
-           status: str) -> None:
+           status: str, image_size: int = 512, register: str | None = None) -> None:
     """Upload the run's files and end the MLflow run with ``status``.
 
     On a failure (``log_model`` None) this is best effort: an upload error must not hide the
@@ -66,7 +75,7 @@ def finish(folder: Any, interrupted: bool, *, log_model: nn.Module | None, skipp
         if folder.best.exists():
             tracking.log_artifact(folder.best, "checkpoints")
         if log_model is not None and not interrupted:
-            log_final_model(log_model, folder.model)
+            log_final_model(log_model, folder.model, image_size=image_size, register=register)
         for handler in logging.getLogger().handlers:
             handler.flush()
         if folder.log_file.exists():
