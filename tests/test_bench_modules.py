@@ -5,7 +5,6 @@ Behaviour only: which variants, which params and metrics, sane signs; never how 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from foodlab.bench import loader, memory, precision
 

@@ -9,7 +9,6 @@ import pytest
 from foodlab.bench import noise, runner
 from foodlab.bench.runner import ExperimentError, load_experiment, parse_experiment, run_experiment
 
-
 _LoadMonitor = noise.LoadMonitor
 
 
@@ -226,7 +225,8 @@ def test_parent_and_children_are_in_mlflow_while_measuring(fake_bench, tmp_path,
             seen[-1]["results"] = [r["variant"] for r in json.load(open(path))["records"]]
 
     fake_bench.on_call = look
-    exp = spec(variants=["slow", "faster", {"name": "fast", "overrides": {"speed": 3.0}}], candidates=["fast", "faster"])
+    exp = spec(variants=["slow", "faster", {"name": "fast", "overrides": {"speed": 3.0}}],
+               candidates=["fast", "faster"])
     run_experiment(exp, "smoke", "cpu")
     assert seen[0] == {"parent_status": ["RUNNING"], "children": []}
     assert seen[1]["parent_status"] == ["RUNNING"] and seen[1]["children"] == ["faster", "slow"]

@@ -35,21 +35,21 @@ class CpuHog:
 
     def __init__(self, processes: int | None = None, max_s: float = HOG_MAX_S):
         self.processes, self.max_s = processes or os.cpu_count() or 1, max_s
-        self._procs: list[mp.process.BaseProcess] = []
+        self.procs: list[mp.process.BaseProcess] = []  # the hog processes (alive while spinning)
 
     def __enter__(self) -> CpuHog:
         ctx = mp.get_context("spawn")
         deadline = time.time() + self.max_s
-        self._procs = [ctx.Process(target=_spin, args=(deadline,), daemon=True) for _ in range(self.processes)]
-        for p in self._procs:
+        self.procs = [ctx.Process(target=_spin, args=(deadline,), daemon=True) for _ in range(self.processes)]
+        for p in self.procs:
             p.start()
         log.info("stress: %d hog processes spinning (at most %.0f s)", self.processes, self.max_s)
         return self
 
     def __exit__(self, *exc) -> None:
-        for p in self._procs:
+        for p in self.procs:
             p.terminate()
-        for p in self._procs:
+        for p in self.procs:
             p.join(timeout=10)
 
 
