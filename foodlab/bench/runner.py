@@ -296,16 +296,6 @@ def measure_groups(exp: Experiment, scale: str, device: str
         yield records, got
 
 
-def measure(exp: Experiment, scale: str, device: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every variant of ``exp``: (one record per experiment variant, every record the benchmark returned)."""
-    records: dict[str, dict[str, Any]] = {}
-    raw: list[dict[str, Any]] = []
-    for group, got in measure_groups(exp, scale, device):
-        records.update((r["variant"], r) for r in group)
-        raw += got
-    return [records[v.name] for v in exp.variants], raw
-
-
 def environment_params(device) -> dict[str, str]:
     import torch
 
