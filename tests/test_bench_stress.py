@@ -38,3 +38,13 @@ def test_the_hog_is_stopped_when_measuring_ends():
     with stress.CpuHog(processes=1, max_s=600) as hog:
         pass
     assert all(not p.is_alive() for p in hog.procs) and time.monotonic() - start < 60
+
+
+def test_bench_stress_command_prints_the_side_by_side_table(fake_bench, monkeypatch, capsys):  # noqa: F811
+    from foodlab.cli import main
+
+    monkeypatch.setattr(stress, "EXPERIMENTS", (spec(),))
+    monkeypatch.setattr(stress.os, "cpu_count", lambda: 1)  # one hog process is enough for a smoke run
+    assert main(["bench", "stress", "--scale", "smoke", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "under hog" in out and "demo: images_per_s (slow -> fast)" in out

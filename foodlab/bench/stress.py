@@ -82,11 +82,12 @@ def pair_rows(idle_rows: list[dict], loaded_rows: list[dict]) -> list[StressRow]
             for r in idle_rows]
 
 
-def run_stress(scale: str = "smoke", device: str = "auto", experiments: tuple[str | Mapping, ...] = EXPERIMENTS,
+def run_stress(scale: str = "smoke", device: str = "auto", experiments: tuple[str | Mapping, ...] | None = None,
                hog_processes: int | None = None) -> dict[str, Any]:
-    """Measure ``experiments`` idle, then under a CPU hog; returns both results and the paired rows."""
+    """Measure ``experiments`` (default: ``EXPERIMENTS``) idle, then under a CPU hog; both results and paired rows."""
     from foodlab.bench.runner import load_experiment, run_experiment
 
+    experiments = EXPERIMENTS if experiments is None else experiments
     loaded_exps = [load_experiment(e) for e in experiments]  # a bad file fails before any measuring
     idle = [run_experiment(e, scale, device, log_to_mlflow=False) for e in experiments]
     with CpuHog(hog_processes):
