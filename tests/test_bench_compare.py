@@ -51,3 +51,5 @@ def test_rows_are_noisy_when_busy_unsteady_or_wide():
     assert "b varied" in unsteady["noisy"] and "ratio interval" in unsteady["noisy"]
     busy = comparison_row("e", "init_s", "a", "b", 2.0, 1.0, noisy="other processes used 1.5 of 2 cores")
     assert busy["noisy"] == "other processes used 1.5 of 2 cores" and busy["ratio_low"] is None
+    memory = comparison_row("e", "peak_memory_mb", "a", "b", 2.0, 1.0, noisy="other processes used 1.5 of 2 cores")
+    assert memory["noisy"] == ""  # a busy machine does not change how many bytes a step allocates

@@ -280,7 +280,9 @@ def test_a_busy_machine_marks_every_row_noisy(fake_bench, monkeypatch):
             self.load = busy
 
     monkeypatch.setattr(noise, "LoadMonitor", lambda: Busy(before_sample_s=0))
-    result = run_experiment(spec(), "smoke", "cpu", log_to_mlflow=False)
+    result = run_experiment(spec(metrics=["init_s", "peak_memory_mb"]), "smoke", "cpu", log_to_mlflow=False)
     assert result.busy.startswith("other processes used 1.8 of 2 cores")
-    assert all(r["noisy"] == result.busy for r in result.comparisons())
+    rows = result.comparisons()
+    assert all(r["noisy"] == result.busy for r in rows if r["metric"] == "init_s")
+    assert all(r["noisy"] == "" for r in rows if r["metric"] == "peak_memory_mb")  # bytes do not care about load
     assert "NOISY" in result.table()

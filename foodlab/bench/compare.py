@@ -19,6 +19,11 @@ QUALITY_WORDS = ("miou", "dice", "pixel_acc", "accuracy", "speedup")  # anywhere
 NOISY_RELATIVE_SPREAD = 0.25
 
 
+def is_timing(metric: str) -> bool:
+    """Times and rates move with the machine's load; bytes, steps and mIoU do not."""
+    return metric.endswith(("_s", "_per_s"))
+
+
 def higher_is_better(metric: str) -> bool:
     return metric.endswith(HIGHER_IS_BETTER) or any(w in metric for w in QUALITY_WORDS)
 
@@ -87,8 +92,8 @@ def comparison_row(experiment: str, metric: str, before_name: str, after_name: s
                    after_samples: Sequence[float] | None = None, noisy: str = "") -> dict[str, Any] | None:
     """One summary row, or None when either side did not report the metric (e.g. n/a on CPU).
 
-    ``noisy`` is the reason the whole experiment is unreliable (a busy machine), or ""; the row adds
-    its own reasons (a wide interval, an unsteady variant).
+    ``noisy`` is the reason the experiment's timings are unreliable (a busy machine), or ""; it applies
+    to timing metrics only. The row adds its own reasons (a wide interval, an unsteady variant).
     """
     if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
         return None
@@ -96,7 +101,7 @@ def comparison_row(experiment: str, metric: str, before_name: str, after_name: s
         return None
     r, words = improvement(metric, float(before), float(after))
     interval = ratio_interval(metric, before_samples, after_samples)
-    reasons = [noisy] if noisy else []
+    reasons = [noisy] if noisy and is_timing(metric) else []
     for name, values in ((before_name, before_samples), (after_name, after_samples)):
         if values and len(values) >= 2 and spread(values)["relative_spread"] > NOISY_RELATIVE_SPREAD:
             reasons.append(f"{name} varied {spread(values)['relative_spread']:.0%} across rounds")

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from foodlab.bench.compare import comparison_row, times
+from foodlab.bench.compare import comparison_row, is_timing, times
 from foodlab.bench.settings import EXPERIMENTS_DIR
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def rows_from_mlflow(experiments: list[str] | None = None, device: str | None = 
                 key = f"{metric}.{cand}"
                 row["ratio_low"] = _number(parent, f"{key}.ratio_p10")
                 row["ratio_high"] = _number(parent, f"{key}.ratio_p90")
-                row["noisy"] = _param(parent, f"foodlab.noisy.{key}", kind="tags") or busy
+                row_noisy = _param(parent, f"foodlab.noisy.{key}", kind="tags")
+                row["noisy"] = row_noisy or (busy if is_timing(metric) else "")
                 rows.append(row)
     rows.sort(key=lambda r: r["experiment"])
     return rows, device_name
