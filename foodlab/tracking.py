@@ -55,7 +55,7 @@ def _create_store(uri: str) -> None:
     from filelock import FileLock
 
     db = Path(uri[len("sqlite:///"):])
-    with FileLock(str(db) + ".lock", timeout=120):
+    with FileLock(f"{db}-create.lock", timeout=120):  # beside the db, matched by .gitignore's mlflow.db-*
         MlflowClient(uri).search_experiments(max_results=1)  # opens the store: creates and migrates the schema
 
 

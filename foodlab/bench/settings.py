@@ -38,7 +38,7 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def known_settings(benchmark: str, scales: Mapping[str, Mapping[str, Any]],
+def known_settings(scales: Mapping[str, Mapping[str, Any]],
                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every setting the benchmark reads, with a representative value (for type checks)."""
     known: dict[str, Any] = dict(defaults or {})
@@ -51,7 +51,7 @@ def known_settings(benchmark: str, scales: Mapping[str, Mapping[str, Any]],
 def check_overrides(benchmark: str, scales: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any],
                     defaults: Mapping[str, Any] | None = None, where: str = "") -> None:
     """Refuse unknown keys and values of the wrong type; the message names ``where`` and the key."""
-    known = known_settings(benchmark, scales, defaults)
+    known = known_settings(scales, defaults)
     prefix = f"{where}: " if where else ""
     unknown = sorted(set(overrides) - set(known))
     if unknown:
