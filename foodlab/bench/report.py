@@ -79,7 +79,8 @@ def plot_rows(rows: list[dict[str, Any]], title: str = ""):
             ax.errorbar(r["ratio"], i, xerr=[[max(r["ratio"] - r["ratio_low"], 0)],
                                             [max(r["ratio_high"] - r["ratio"], 0)]],
                         fmt="none", ecolor="black", capsize=3, linewidth=1)
-        ax.text(r["ratio"], i, f" {r['improvement']}" + (" (noisy)" if noisy else ""), va="center", fontsize=7)
+        ax.text(max(r["ratio"], r.get("ratio_high") or 0), i, f" {r['improvement']}" + (" (noisy)" if noisy else ""),
+                va="center", fontsize=7)  # right of the whisker, so the interval stays readable
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
