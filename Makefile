@@ -7,7 +7,7 @@ SAM2_PIN  := sam2==1.1.0
 SCALE ?= default
 DEVICE ?= auto
 
-.PHONY: setup bench test test-fast lab ui clean
+.PHONY: setup bench test test-fast lint fmt lab ui clean
 
 setup: $(VENV)/.installed
 
@@ -25,8 +25,15 @@ $(VENV)/.installed: pyproject.toml
 bench: setup  ## the before/after benchmark suite on the synthetic data, logged to ./mlflow.db
 	$(BIN)/foodlab bench all --scale $(SCALE) --device $(DEVICE)
 
-test: setup  ## every test: the package tests, then the notebooks
+test: lint  ## the architecture contract and lint, then every test: the package tests, then the notebooks
 	$(BIN)/python -m pytest tests && $(BIN)/python -m pytest --nbmake notebooks
+
+lint: setup  ## import-linter's layer contract (pyproject [tool.importlinter]) and ruff
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+
+fmt: setup  ## fix what ruff can (import order included)
+	$(BIN)/ruff check --fix .
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow"

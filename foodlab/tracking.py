@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from foodlab.errors import FoodlabError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(FoodlabError):
     """The tracking server or store cannot be used; raised before any work is spent."""
 
 
@@ -33,12 +36,27 @@ def tracking_uri() -> str:
 
 
 def configure(uri: str | None = None, check: bool = True) -> str:
-    """Point MLflow at ``uri`` (or the environment/default) and, if asked, check it answers."""
+    """Point MLflow at ``uri`` (or the environment/default) and, if asked, check it answers.
+
+    With ``check`` a local sqlite store is also created here (schema and all), under a file lock:
+    two processes creating the same new database at once otherwise race in MLflow's schema
+    migration and one of them fails, possibly after it has measured for minutes.
+    """
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     if check:
         ensure_reachable(uri)
+        if uri.startswith("sqlite:///"):
+            _create_store(uri)
     return uri
+
+
+def _create_store(uri: str) -> None:
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    with FileLock(f"{db}-create.lock", timeout=120):  # beside the db, matched by .gitignore's mlflow.db-*
+        MlflowClient(uri).search_experiments(max_results=1)  # opens the store: creates and migrates the schema
 
 
 def ensure_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -74,12 +92,21 @@ def artifact_location_for(experiment: str, uri: str | None = None) -> str | None
 
 
 def get_or_create_experiment(name: str, tags: Mapping[str, str] | None = None) -> str:
-    """Experiment id for ``name``, created with foodlab's tags if it does not exist yet."""
+    """Experiment id for ``name``, created with foodlab's tags if it does not exist yet.
+
+    Two processes may both see no experiment and both create it: the loser's create fails on
+    the store's unique name, and it then uses the winner's experiment.
+    """
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     all_tags = {EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1], **(tags or {})}
     if exp is None:
-        return client.create_experiment(name, artifact_location=artifact_location_for(name), tags=all_tags)
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location_for(name), tags=all_tags)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:  # not the race: a real failure
+                raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     if exp.tags.get(EXPERIMENT_KIND_TAG[0]) != EXPERIMENT_KIND_TAG[1]:
@@ -109,17 +136,30 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     log_system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in ``experiment``; ``run_id`` resumes an existing run; ``nested`` makes a child."""
+    """An MLflow run in ``experiment``; ``run_id`` resumes an existing run; ``nested`` makes a child.
+
+    The run ends FINISHED when the block completes, KILLED on Ctrl-C (or another interrupt) and
+    FAILED on an error, so a run that died is never shown as a finished one.
+    """
     exp_id = get_or_create_experiment(experiment)
-    with mlflow.start_run(
+    run = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else exp_id,
         run_name=None if run_id else run_name,
         nested=nested,
         tags=dict(tags or {}),
         log_system_metrics=log_system_metrics,
-    ) as run:
+    )
+    try:
         yield run
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -154,16 +194,8 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
-
-
 def log_dict(data: Mapping[str, Any] | list, artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
-
-
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:

@@ -106,3 +106,6 @@ def test_smoke_benchmark_logs_parent_and_children_to_a_real_server(mlflow_server
         assert {"torch_version", "foodlab_version", "n_images", "image_size"} <= set(p)
         assert metrics(child)["init_s"] >= 0
     assert any(k.endswith(".ratio") for k in metrics(parent))
+    assert any(k.endswith(".ratio_p90") for k in metrics(parent))  # interleaved rounds give an interval
+    assert run_tags(parent)["foodlab.noisy"] in ("true", "false") and run_tags(parent)["foodlab.precision_features"]
+    assert parent["info"]["status"] == "FINISHED"

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -41,7 +41,8 @@ def test_conda_dependencies_are_pyproject_dependencies_with_the_same_bounds():
         pypi = canonicalize_name(CONDA_TO_PYPI.get(name, name))
         assert pypi in reqs, f"environment.yml lists {name}, which pyproject.toml does not declare"
         bound = dep[len(name):]
-        assert bound == str(reqs[pypi].specifier), f"{name}: environment.yml says {bound!r}, pyproject {reqs[pypi].specifier}"
+        assert bound == str(reqs[pypi].specifier), \
+            f"{name}: environment.yml says {bound!r}, pyproject {reqs[pypi].specifier}"
 
 
 def test_environment_pip_section_installs_the_package_with_all_extras_last():
@@ -64,8 +65,8 @@ def test_torch_and_sam2_pins_agree_everywhere():
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    ci = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines()
-          if l.strip() and not l.strip().startswith(("#", "set ", "cd "))]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.strip().startswith(("#", "set ", "cd "))]
     assert ci == ["make test"]
     assert re.search(r"^make test$", readme, re.M), "README must show the test command on its own line"
     assert re.search(r"^make bench$", readme, re.M), "README must show the main-job command on its own line"

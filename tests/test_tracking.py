@@ -68,3 +68,66 @@ def test_ui_url_points_at_the_runs_table():
 def test_git_commit_is_a_sha_or_unknown():
     sha = tracking.git_commit()
     assert sha == "unknown" or (len(sha) == 40 and int(sha, 16) >= 0)
+
+
+def test_tracking_errors_are_one_line_foodlab_errors(monkeypatch):
+    from foodlab.errors import FoodlabError
+
+    with pytest.raises(FoodlabError) as info:
+        tracking.configure("http://127.0.0.1:9")  # the discard port: nothing answers
+    assert "\n" not in str(info.value) and "http://127.0.0.1:9" in str(info.value)
+
+
+def test_losing_the_create_experiment_race_uses_the_winners_experiment(monkeypatch):
+    """Both processes saw no experiment; the other one created it first: ours must not fail."""
+    tracking.configure()
+    winner = tracking.get_or_create_experiment("foodlab-race")
+    real = tracking.MlflowClient.get_experiment_by_name
+    calls = []
+
+    def stale_first(self, name):  # our first look happened before the winner's create
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(tracking.MlflowClient, "get_experiment_by_name", stale_first)
+    assert tracking.get_or_create_experiment("foodlab-race") == winner
+    assert len(calls) == 2
+
+
+def _create_in_a_new_process(uri: str, name: str, out) -> None:
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from foodlab import tracking as t
+
+    t.configure()
+    out.put(t.get_or_create_experiment(name))
+
+
+@pytest.mark.slow
+def test_two_processes_create_the_same_new_db_and_experiment(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_create_in_a_new_process, args=(uri, "foodlab-both", out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ids = {out.get(timeout=5), out.get(timeout=5)}
+    assert len(ids) == 1
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_a_run_that_dies_is_not_finished(error, status):
+    tracking.configure()
+    with pytest.raises(type(error)):
+        with tracking.start_run("foodlab-dies") as run:
+            raise error
+    assert tracking.get_run(run.info.run_id).info.status == status
+    with tracking.start_run("foodlab-dies") as ok:
+        pass
+    assert tracking.get_run(ok.info.run_id).info.status == "FINISHED"

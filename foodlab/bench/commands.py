@@ -1,7 +1,8 @@
 """CLI: ``foodlab bench``, ``foodlab run``, ``foodlab report``, ``foodlab ui``.
 
 Heavy imports (torch, mlflow, matplotlib) happen inside the handlers so ``foodlab --help``
-stays fast.
+stays fast. User errors are raised as ``foodlab.errors.UsageError``/``FoodlabError`` with a
+one-line message; ``foodlab.cli.main`` prints them.
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import json
 import logging
 import sys
 
+from foodlab.bench.settings import SCALES
+from foodlab.errors import FoodlabError, UsageError
+
 log = logging.getLogger(__name__)
 
 # ``foodlab bench <name>`` -> the benchmark module whose experiment files it runs
 BENCH_NAMES = {"init": "init_time", "throughput": "throughput", "loader": "loader",
                "precision": "precision", "memory": "memory", "quality": "quality"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SCALES = ("smoke", "default", "full")
 
 
 def _device_and_scale(p: argparse.ArgumentParser) -> None:
@@ -27,7 +30,9 @@ def _device_and_scale(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="run before/after benchmarks and log them to MLflow")
-    bench.add_argument("which", choices=[*BENCH_NAMES, "all"], help="which benchmark (all: every experiment file)")
+    bench.add_argument("which", choices=[*BENCH_NAMES, "all", "stress"],
+                       help="which benchmark (all: every experiment file; stress: the training-step ratios "
+                            "idle and under a CPU hog, side by side)")
     _device_and_scale(bench)
     bench.add_argument("--json", action="store_true", help="also print the records as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help="measure and print only, log nothing")
@@ -58,18 +63,15 @@ def add_commands(sub) -> None:
 
 
 def _print_results(results, as_json: bool) -> None:
-    from foodlab.bench.runner import benchmark_module
-
     for res in results:
         exp = res.experiment
         print(f"\n== {exp.name} ({exp.benchmark}, scale={res.scale}, {res.device_name}) — {res.wall_s:.1f} s")
-        module = benchmark_module(exp.benchmark)
-        if hasattr(module, "format_table"):
-            print(module.format_table(res.raw_records or res.records))
+        print(res.table())
         if as_json:
             print(json.dumps({"experiment": exp.name, "scale": res.scale, "device": res.device,
                               "device_name": res.device_name, "parent_run_id": res.parent_run_id,
-                              "records": res.records}, indent=2, default=str))
+                              "load": res.load, "machine": res.machine, "records": res.records},
+                             indent=2, default=str))
 
 
 def _print_summary(results, logged: bool, port: int = 5000) -> None:
@@ -78,14 +80,15 @@ def _print_summary(results, logged: bool, port: int = 5000) -> None:
     rows = [row for res in results for row in res.comparisons()]
     if rows:
         print("\n## Before / after\n")
-        print(markdown_table(rows, results[0].device_name))
+        print(markdown_table(rows, results[0].device_name, results[0].machine.get("foodlab.precision_features")))
     if logged:
         from foodlab import tracking
 
         print(f"\nLogged to {tracking.tracking_uri()}. Open the runs table with `make ui` "
               f"(or `foodlab ui`), then:")
         for res in results:
-            print(f"  {res.experiment.mlflow_experiment:<28} {tracking.ui_url(res.experiment.mlflow_experiment, port=port)}")
+            name = res.experiment.mlflow_experiment
+            print(f"  {name:<28} {tracking.ui_url(name, port=port)}")
         print(f"Write the Markdown/PNG report with `foodlab report --scale {results[0].scale}` "
               "(into experiments/results/<device>/).")
 
@@ -93,7 +96,12 @@ def _print_summary(results, logged: bool, port: int = 5000) -> None:
 def _experiments_for(which: str, only: list[str] | None):
     from foodlab.bench.runner import experiment_files, load_experiment
 
-    paths = [p for p in experiment_files() if only is None or p.stem in only]
+    files = experiment_files()
+    unknown = sorted(set(only or []) - {p.stem for p in files})
+    if unknown:
+        raise UsageError(f"--experiment: no experiment file named {', '.join(unknown)} in experiments/ "
+                         f"(there are: {', '.join(p.stem for p in files)})")
+    paths = [p for p in files if only is None or p.stem in only]
     if which != "all":
         paths = [p for p in paths if load_experiment(p).benchmark == BENCH_NAMES[which]]
     return paths
@@ -102,10 +110,15 @@ def _experiments_for(which: str, only: list[str] | None):
 def cmd_bench(args) -> int:
     from foodlab.bench.runner import run_experiment
 
+    if args.which == "stress":
+        from foodlab.bench.stress import format_stress, run_stress
+
+        print(format_stress(run_stress(args.scale, args.device)))
+        return 0
     paths = _experiments_for(args.which, args.experiment)
     if not paths:
-        print(f"no experiment file in experiments/ uses benchmark {args.which!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no experiment file in experiments/ uses benchmark {args.which!r}"
+                         + (f" among {', '.join(args.experiment)}" if args.experiment else ""))
     results = []
     for path in paths:
         results.append(run_experiment(path, args.scale, args.device, log_to_mlflow=not args.no_mlflow))
@@ -115,13 +128,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from foodlab.bench.runner import ExperimentError, run_experiment
+    from foodlab.bench.runner import run_experiment
 
-    try:
-        result = run_experiment(args.experiment, args.scale, args.device, log_to_mlflow=not args.no_mlflow)
-    except ExperimentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = run_experiment(args.experiment, args.scale, args.device, log_to_mlflow=not args.no_mlflow)
     _print_results([result], args.json)
     _print_summary([result], logged=not args.no_mlflow)
     return 0
@@ -131,15 +140,14 @@ def cmd_report(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from foodlab.bench.report import markdown_table, rows_from_mlflow, write_report
+    from foodlab.bench.report import machine_from_mlflow, markdown_table, rows_from_mlflow, write_report
 
     rows, device_name = rows_from_mlflow(args.experiment, device=args.device, scale=args.scale)
     if not rows:
-        print("no foodlab benchmark runs found in the tracking store; run `foodlab bench all` first",
-              file=sys.stderr)
-        return 1
-    out = write_report(rows, device_name, args.out)
-    print(markdown_table(rows, device_name))
+        raise FoodlabError("no foodlab benchmark runs found in the tracking store; run `foodlab bench all` first")
+    features = machine_from_mlflow(args.experiment)
+    out = write_report(rows, device_name, args.out, features=features)
+    print(markdown_table(rows, device_name, features))
     print(f"\nwrote {out / 'summary.md'} and {out / 'summary.png'}")
     return 0
 
@@ -148,6 +156,18 @@ def ui_command(host: str, port: int, backend_uri: str) -> list[str]:
     """The ``mlflow server`` command line for the project's tracking store (loopback by default)."""
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
             "--backend-store-uri", backend_uri, "--workers", "1"]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (mlflow server would wait, then exit 0)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"port {port} on {host} is in use ({exc.strerror}); stop what runs there "
+                             f"or pick another with --port") from None
 
 
 def cmd_ui(args) -> int:
@@ -159,6 +179,7 @@ def cmd_ui(args) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"MLFLOW_TRACKING_URI points at a server already: open {uri}")
         return 0
+    ensure_port_free(args.host, args.port)
     from foodlab.bench.runner import experiment_files
 
     print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}). Runs tables per experiment:")

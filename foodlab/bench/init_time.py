@@ -4,26 +4,25 @@
 then runs when the file is loaded. ``manifest_verify`` is a first open that checks every file's
 size and end marker up front (``verify=True``), what a first open cost before the check moved.
 
-All five are timed in this one process on one synthetic dataset, after a warm-up pass that
+All five are timed in this one process on one synthetic dataset, in interleaved rounds
+(``foodlab.bench.timing.interleave``: every strategy once per round), after a warm-up pass that
 reads every file once, so the page cache is equally warm for each strategy (the figures are
-warm-cache figures, as in real repeated training runs). ``decode`` is the slow historic path:
-above ``decode_sample`` images it is timed on an evenly spaced subsample and extrapolated
-linearly to N — the record says so in ``params.extrapolated_from`` and the table marks it.
+warm-cache figures, as in real repeated training runs). ``decode`` is the slow path: above
+``decode_sample`` images it is timed on an evenly spaced subsample and extrapolated linearly to
+N; the record says so in ``params.extrapolated_from`` and the table marks it.
 
-Overrides: n, image_size, seed, classes, root (an existing pairs dataset instead of the
-synthetic one), repeats, decode_sample.
+Settings: n, image_size, seed, classes, root (an existing pairs dataset instead of the
+synthetic one), repeats (rounds), decode_sample.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from foodlab.bench import scale_config
+from foodlab.bench.settings import scale_config
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ SCALES = {
     "full": {"n": 70700, "image_size": 512, "repeats": 3, "decode_sample": 1000},
 }
 VARIANTS = ("decode", "stat", "manifest_verify", "manifest_first_open", "manifest_reopen")
+METRICS = ("init_s", "images")
+DEFAULTS = {"seed": 0, "classes": 8, "root": None}
 
 
 def _warm_page_cache(root: Path) -> None:
@@ -62,70 +63,83 @@ def _subsample(root: Path, k: int) -> Path:
     return sub
 
 
-def _time_index(root: Path, strategy: str, verify: bool = False, first_open: bool = False) -> tuple[float, int]:
-    from foodlab.data import manifest
+def _index_step(root: Path, strategy: str, counts: dict, name: str, verify: bool = False):
+    """A zero-argument call that opens the index once (for the interleaved timer); notes its size."""
     from foodlab.data.index import build_index
     from foodlab.data.layouts import resolve_layout
 
-    if first_open:
-        manifest.remove(resolve_layout(root, "pairs"))
-    start = time.perf_counter()
-    index = build_index(resolve_layout(root, "pairs"), strategy, verify=verify)
-    return time.perf_counter() - start, len(index.samples)
+    def step() -> None:
+        counts[name] = len(build_index(resolve_layout(root, "pairs"), strategy, verify=verify).samples)
+    return step
 
 
-def run(scale: str = "smoke", device: str = "auto", **overrides) -> list[dict]:
-    """One record per variant in VARIANTS; ``device`` is unused (indexing is CPU and filesystem work)."""
+def _forget_manifest(root: Path):
+    """Run before a first-open variant (outside the clock), so it builds the manifest anew."""
+    from foodlab.data import manifest
+    from foodlab.data.layouts import resolve_layout
+
+    return lambda: manifest.remove(resolve_layout(root, "pairs"))
+
+
+def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **settings) -> list[dict]:
+    """One record per variant in ``variants``; ``device`` is unused (indexing is CPU and filesystem work)."""
+    import torch
+
+    from foodlab.bench.compare import spread
+    from foodlab.bench.timing import interleave
     from foodlab.data.synth import ensure_synthetic
 
-    cfg = scale_config("init_time", SCALES, scale, overrides, defaults={"seed": 0, "classes": 8, "root": None})
-    n, size, repeats = int(cfg["n"]), int(cfg["image_size"]), max(1, int(cfg["repeats"]))
+    cfg = scale_config("init_time", SCALES, scale, settings, DEFAULTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown init_time variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    n, size, rounds = int(cfg["n"]), int(cfg["image_size"]), max(1, int(cfg["repeats"]))
     root = Path(cfg["root"]) if cfg["root"] else ensure_synthetic(n, size=size, seed=cfg["seed"],
                                                                    classes=cfg["classes"])
     _warm_page_cache(root)
-    base = {"n_images": n, "image_size": size, "root": str(root), "repeats": repeats, "warm_page_cache": True}
-    records = []
-
+    base = {"n_images": n, "image_size": size, "root": str(root), "rounds": rounds, "warm_page_cache": True}
     k = min(n, int(cfg["decode_sample"]))
-    sub = _subsample(root, k) if k < n else root
+    sub = _subsample(root, k) if k < n and "decode" in variants else root
+    images: dict[str, int] = {}
+    steps = {"decode": _index_step(sub, "decode", images, "decode"),
+             "stat": _index_step(root, "stat", images, "stat"),
+             "manifest_verify": _index_step(root, "manifest", images, "manifest_verify", verify=True),
+             "manifest_first_open": _index_step(root, "manifest", images, "manifest_first_open"),
+             "manifest_reopen": _index_step(root, "manifest", images, "manifest_reopen")}
+    prepare = {"manifest_verify": _forget_manifest(root), "manifest_first_open": _forget_manifest(root)}
+    ordered = [v for v in VARIANTS if v in variants]
+    if "manifest_reopen" in ordered:  # its warm-up call writes the manifest the re-open reads
+        ordered = ["manifest_reopen", *[v for v in ordered if v != "manifest_reopen"]]
     try:
-        secs, images = _time_index(sub, "decode")
+        times = interleave({v: steps[v] for v in ordered}, torch.device("cpu"), rounds, warmup=1,
+                           prepare={v: p for v, p in prepare.items() if v in ordered})
     finally:
         if sub != root:
             shutil.rmtree(sub, ignore_errors=True)
-    decode_params = {**base, "strategy": "decode"}
-    if k < n:
-        decode_params["extrapolated_from"] = k
-        secs, images = secs * n / k, n
-    records.append({"variant": "decode", "params": decode_params, "metrics": {"init_s": secs, "images": images}})
-
-    times = [_time_index(root, "stat") for _ in range(repeats)]
-    records.append({"variant": "stat", "params": {**base, "strategy": "stat"},
-                    "metrics": {"init_s": statistics.median(t for t, _ in times), "images": times[0][1]}})
-
-    runs = {
-        "manifest_verify": [_time_index(root, "manifest", verify=True, first_open=True) for _ in range(repeats)],
-        "manifest_first_open": [_time_index(root, "manifest", first_open=True) for _ in range(repeats)],
-        "manifest_reopen": [_time_index(root, "manifest") for _ in range(max(5, repeats))],
-    }
-    for variant, times in runs.items():
-        params = {**base, "strategy": "manifest", "verify": variant == "manifest_verify"}
-        records.append({"variant": variant, "params": params,
-                        "metrics": {"init_s": statistics.median(t for t, _ in times), "images": times[0][1]}})
+    records = []
+    for variant in [v for v in VARIANTS if v in variants]:
+        params = {**base, "strategy": variant.split("_")[0], "verify": variant == "manifest_verify"}
+        samples = times[variant]
+        if variant == "decode" and k < n:
+            params["extrapolated_from"] = k
+            samples, images[variant] = [t * n / k for t in samples], n
+        s = spread(samples)
+        records.append({"variant": variant, "params": params, "samples": {"init_s": samples},
+                        "metrics": {"init_s": s["median"], "init_p10_s": s["p10"], "init_p90_s": s["p90"],
+                                    "images": images[variant]}})
     return records
 
 
 def format_table(records: list[dict]) -> str:
-    lines = [f"{'variant':<22} {'images':>8} {'init_s':>10}  note", "-" * 64]
+    lines = [f"{'variant':<22} {'images':>8} {'init_s':>10} {'p10-p90 s':>18}  note", "-" * 80]
     notes = []
     for r in records:
         p, m = r["params"], r["metrics"]
-        note = ""
-        if "extrapolated_from" in p:
-            note = f"extrapolated from {p['extrapolated_from']} images"
-        lines.append(f"{r['variant']:<22} {m['images']:>8} {m['init_s']:>10.4f}  {note}")
+        note = f"extrapolated from {p['extrapolated_from']} images" if "extrapolated_from" in p else ""
+        band = f"{m['init_p10_s']:.4f}-{m['init_p90_s']:.4f}"
+        lines.append(f"{r['variant']:<22} {m['images']:>8} {m['init_s']:>10.4f} {band:>18}  {note}")
     if records:
         p = records[0]["params"]
-        notes.append(f"{p['n_images']} pairs at {p['image_size']}px, median of {p['repeats']} runs, "
+        notes.append(f"{p['n_images']} pairs at {p['image_size']}px, median of {p['rounds']} interleaved rounds, "
                      "warm page cache (every file read once before timing)")
     return "\n".join(lines + notes)

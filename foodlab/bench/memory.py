@@ -8,16 +8,20 @@ counters are reset in-process. ``peak_memory_mb`` is the absolute peak,
 ``step_memory_mb`` the part the step itself added. The largest-batch search doubles
 the batch until an out-of-memory error; on CPU it is skipped and recorded as "n/a"
 (the OS swaps instead of failing).
+
+Peaks are not timed, so they are not interleaved: what else the machine runs does not change
+how many bytes a step allocates.
 """
 from __future__ import annotations
 
 import logging
 
-from foodlab.bench import scale_config
+from foodlab.bench.settings import scale_config
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("baseline_fp32", "fast_fp32", "fast_autocast")
+METRICS = ("peak_memory_mb", "step_memory_mb", "largest_batch")
 SCALES = {
     "smoke": {"batch_size": 2, "image_size": 64, "steps": 1, "max_batch": 8},
     "default": {"batch_size": 4, "image_size": 256, "steps": 2, "max_batch": 256},
@@ -41,7 +45,7 @@ def measure_step(variant: str, batch_size: int, image_size: int, steps: int, dev
 
     from foodlab.bench.timing import synthetic_batch, train_step
     from foodlab.devices import PeakMemory, autocast_dtype, resolve_device
-    from foodlab.models import build_head
+    from foodlab.models.lightweight import build_head
 
     dev = resolve_device(device)
     head, amp = _split(variant)
@@ -90,10 +94,10 @@ def _isolated(fn, *args):
         return pool.apply(fn, args)
 
 
-def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **overrides) -> list[dict]:
+def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **settings) -> list[dict]:
     from foodlab.devices import resolve_device
 
-    cfg = scale_config("memory", SCALES, scale, overrides)
+    cfg = scale_config("memory", SCALES, scale, settings)
     dev = resolve_device(device)
     records = []
     for name in variants:

@@ -1,9 +1,11 @@
-"""The before/after summary: Metric | Before | After | Improvement, as Markdown and a bar chart.
+"""The before/after summary: Metric | Before | After | Improvement | Interval, as Markdown and a bar chart.
 
 Rows come either from results measured in this process (``ExperimentResult.comparisons``)
 or from the runs logged to MLflow (``rows_from_mlflow``), so ``foodlab report`` can be
-re-run at any time against the tracking store. Whether bigger is better follows the
-metric name: ``*_per_s``/``miou``/``dice`` up, ``*_s``/``*_mb`` down.
+re-run at any time against the tracking store. Each ratio carries its interval (p10-p90 of the
+per-round ratios of interleaved measuring, see ``foodlab.bench.compare``). A noisy row (a busy
+machine, an unsteady variant, a wide interval) is flagged and kept out of the findings: the
+table says why and the chart draws it hatched and grey.
 """
 from __future__ import annotations
 
@@ -14,14 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from foodlab.bench.compare import comparison_row, is_timing, times
+from foodlab.bench.settings import EXPERIMENTS_DIR
+
 log = logging.getLogger(__name__)
 
-HIGHER_IS_BETTER = ("_per_s", "miou", "dice", "pixel_acc", "accuracy", "largest_batch")
 UNITS = {"_per_s": "/s", "_s": "s", "_mb": "MB"}
-
-
-def higher_is_better(metric: str) -> bool:
-    return any(metric.endswith(s) or metric == s for s in HIGHER_IS_BETTER)
 
 
 def _fmt(value: float | None, metric: str) -> str:
@@ -33,67 +33,63 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:,.3g} {unit}".strip() if abs(value) < 1000 else f"{value:,.0f} {unit}".strip()
 
 
-def improvement(metric: str, before: float, after: float) -> tuple[float | None, str]:
-    """(ratio, words): ratio > 1 means the candidate is better; words like '3.2x faster'."""
-    if before is None or after is None or before <= 0 or after <= 0:
-        return None, "n/a"
-    ratio = after / before if higher_is_better(metric) else before / after
-    if metric.endswith("_mb"):
-        noun = ("less memory", "more memory")
-    elif metric.endswith("_s") or metric.endswith("_per_s"):
-        noun = ("faster", "slower")
-    else:
-        noun = ("better", "worse")
-    def times(x: float) -> str:
-        return f"{x:.2f}x" if x < 1.1 else f"{x:.1f}x" if x < 100 else f"{x:,.0f}x"
-
-    if ratio >= 1:
-        return ratio, f"{times(ratio)} {noun[0]}"
-    return ratio, f"{times(1 / ratio)} {noun[1]}"
+def _interval(row: dict[str, Any]) -> str:
+    if row.get("ratio_low") is None or row.get("ratio_high") is None:
+        return "-"
+    return f"{times(row['ratio_low'])}-{times(row['ratio_high'])}"
 
 
-def comparison_row(experiment: str, metric: str, before_name: str, after_name: str,
-                   before: float | None, after: float | None) -> dict[str, Any] | None:
-    """One summary row, or None when either side did not report the metric (e.g. n/a on CPU)."""
-    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
-        return None
-    ratio, words = improvement(metric, float(before), float(after))
-    return {"experiment": experiment, "metric": metric, "before": before_name, "after": after_name,
-            "before_value": float(before), "after_value": float(after), "ratio": ratio, "improvement": words}
+def machine_line(device_name: str | None, features: str | None = None) -> str:
+    """'Measured on **CPU ... (2 cores)**, precision features: avx512_bf16,amx_bf16'."""
+    line = f"Measured on **{device_name or 'unknown device'}**"
+    return line + (f", precision features: {features}" if features else "")
 
 
-def markdown_table(rows: Iterable[dict[str, Any]], device_name: str | None = None) -> str:
+def markdown_table(rows: Iterable[dict[str, Any]], device_name: str | None = None,
+                   features: str | None = None) -> str:
+    """The before/after table; noisy rows say so in the Improvement column instead of claiming a finding."""
     lines = []
     if device_name:
-        lines.append(f"Device: **{device_name}**\n")
-    lines += ["| Metric | Before | After | Improvement |", "|---|---|---|---|"]
+        lines.append(machine_line(device_name, features) + "\n")
+    lines += ["| Metric | Before | After | Improvement | Interval (p10-p90) |", "|---|---|---|---|---|"]
     for r in rows:
         label = f"{r['experiment']}: {r['metric']} ({r['before']} → {r['after']})"
+        words = f"NOISY, not a finding ({r['noisy']}): {r['improvement']}" if r.get("noisy") else r["improvement"]
         lines.append(f"| {label} | {_fmt(r['before_value'], r['metric'])} | "
-                     f"{_fmt(r['after_value'], r['metric'])} | {r['improvement']} |")
+                     f"{_fmt(r['after_value'], r['metric'])} | {words} | {_interval(r)} |")
     return "\n".join(lines)
 
 
 def plot_rows(rows: list[dict[str, Any]], title: str = ""):
-    """Horizontal bars of the improvement ratio per row (1 = no change, log scale)."""
+    """Horizontal bars of the improvement ratio per row (1 = no change), each with its interval.
+
+    Noisy rows are grey and hatched; log scale when the ratios span 20x or more.
+    """
     import matplotlib.pyplot as plt  # the CLI selects Agg; notebooks keep their inline backend
 
     rows = [r for r in rows if r["ratio"]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.2))
     labels = [f"{r['experiment']}: {r['metric']}\n{r['before']} → {r['after']}" for r in rows]
     ratios = [r["ratio"] for r in rows]
-    colors = ["tab:green" if x >= 1 else "tab:red" for x in ratios]
-    ax.barh(range(len(rows)), [x - 1 for x in ratios], left=1, color=colors)  # bars grow from "no change"
+    for i, r in enumerate(rows):
+        noisy = bool(r.get("noisy"))
+        color = "lightgrey" if noisy else "tab:green" if r["ratio"] >= 1 else "tab:red"
+        ax.barh(i, r["ratio"] - 1, left=1, color=color, hatch="//" if noisy else None)  # bars grow from 1
+        if r.get("ratio_low") is not None:
+            ax.errorbar(r["ratio"], i, xerr=[[max(r["ratio"] - r["ratio_low"], 0)],
+                                            [max(r["ratio_high"] - r["ratio"], 0)]],
+                        fmt="none", ecolor="black", capsize=3, linewidth=1)
+        ax.text(max(r["ratio"], r.get("ratio_high") or 0), i, f" {r['improvement']}" + (" (noisy)" if noisy else ""),
+                va="center", fontsize=7)  # right of the whisker, so the interval stays readable
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
-    if ratios and max(ratios) / max(min(ratios), 1e-9) > 20:
+    lows = [r["ratio_low"] or r["ratio"] for r in rows]
+    if ratios and max(ratios) / max(min(lows), 1e-9) > 20:
         ax.set_xscale("log")
     if ratios:
-        ax.set_xlim(left=min(min(ratios), 1.0) / 1.3)  # so a regression's bar (left of 1) shows
-    for i, r in enumerate(rows):
-        ax.text(r["ratio"], i, f" {r['improvement']}", va="center", fontsize=7)
-    ax.set_xlabel("improvement (x, >1 is better)")
+        ax.set_xlim(left=min(min(lows), 1.0) / 1.3)  # so a regression's bar (left of 1) shows
+    ax.set_xlabel("improvement (x, >1 is better); whiskers: p10-p90 of the per-round ratio")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -104,69 +100,101 @@ def device_slug(device_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "unknown-device"
 
 
-def _param(row, name: str, default: str = "") -> str:
-    value = row.get(f"params.{name}")
+def _param(row, name: str, default: str = "", kind: str = "params") -> str:
+    value = row.get(f"{kind}.{name}")
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def rows_from_mlflow(experiments: list[str] | None = None, device: str | None = None, scale: str | None = None
-                     ) -> tuple[list[dict[str, Any]], str | None]:
-    """Summary rows from the latest parent run of each foodlab experiment (optionally on ``device``/``scale``).
+def _number(row, name: str) -> float | None:
+    value = row.get(f"metrics.{name}")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def latest_runs(experiments: list[str] | None = None, device: str | None = None, scale: str | None = None):
+    """(parents, children) DataFrames: the latest parent run of each foodlab experiment and its child runs.
 
     ``experiments`` are experiment-file names (``dataset_init``) or MLflow names
     (``foodlab-dataset_init``); None means every foodlab experiment in the store.
-    Returns (rows, device name of the runs).
     """
     from foodlab import tracking
 
     tracking.configure()
     names = None if experiments is None else [e if e.startswith("foodlab-") else f"foodlab-{e}" for e in experiments]
     query = "tags.`foodlab.role` = 'parent'" + (f" and params.scale = '{scale}'" if scale else "")
-    runs = tracking.search_runs(names, filter_string=query, order_by=["attributes.start_time DESC"])
+    parents = tracking.search_runs(names, filter_string=query, order_by=["attributes.start_time DESC"])
     if device:
-        runs = runs[runs.get("params.device") == device] if "params.device" in runs else runs.iloc[0:0]
+        parents = parents[parents.get("params.device") == device] if "params.device" in parents else parents.iloc[0:0]
+    if parents.empty:
+        return parents, parents
+    parents = parents.drop_duplicates(subset=["params.experiment"], keep="first")
+    children = tracking.search_runs(None, filter_string="tags.`foodlab.role` != 'parent'")
+    if "tags.mlflow.parentRunId" in children:
+        children = children[children["tags.mlflow.parentRunId"].isin(parents["run_id"])]
+    else:
+        children = children.iloc[0:0]
+    return parents.reset_index(drop=True), children.reset_index(drop=True)
+
+
+def rows_from_mlflow(experiments: list[str] | None = None, device: str | None = None, scale: str | None = None
+                     ) -> tuple[list[dict[str, Any]], str | None]:
+    """Summary rows from the latest parent run of each foodlab experiment (optionally on ``device``/``scale``).
+
+    Returns (rows, device name of the runs); ``machine_from_mlflow`` gives the header's machine line.
+    """
+    parents, children = latest_runs(experiments, device, scale)
     rows: list[dict[str, Any]] = []
     device_name = None
-    seen: set[str] = set()
-    for _, parent in runs.iterrows():
+    for _, parent in parents.iterrows():
         name = _param(parent, "experiment")
-        if not name or name in seen:
-            continue
-        seen.add(name)
         device_name = device_name or _param(parent, "device_name") or None
-        children = tracking.search_runs(
-            None, filter_string=f"tags.`mlflow.parentRunId` = '{parent['run_id']}'")
-        children = children[children["experiment_id"] == parent["experiment_id"]]
-        by_variant = {_param(c, "variant"): c for _, c in children.iterrows()}
+        mine = children[children["tags.mlflow.parentRunId"] == parent["run_id"]]
+        by_variant = {_param(c, "variant"): c for _, c in mine.iterrows()}
         baseline = _param(parent, "baseline")
         if baseline not in by_variant:
             continue
+        busy = _param(parent, "foodlab.busy", kind="tags")  # the machine was busy: every row is noisy
         for cand in filter(None, _param(parent, "candidates").split(",")):
             if cand not in by_variant:
                 continue
             for metric in filter(None, _param(parent, "compare_metrics").split(",")):
-                row = comparison_row(name, metric, baseline, cand,
-                                     by_variant[baseline].get(f"metrics.{metric}"),
-                                     by_variant[cand].get(f"metrics.{metric}"))
-                if row is not None and not math.isnan(row["before_value"]) and not math.isnan(row["after_value"]):
-                    rows.append(row)
+                row = comparison_row(name, metric, baseline, cand, _number(by_variant[baseline], metric),
+                                     _number(by_variant[cand], metric))
+                if row is None:
+                    continue
+                key = f"{metric}.{cand}"
+                row["ratio_low"] = _number(parent, f"{key}.ratio_p10")
+                row["ratio_high"] = _number(parent, f"{key}.ratio_p90")
+                row_noisy = _param(parent, f"foodlab.noisy.{key}", kind="tags")
+                row["noisy"] = row_noisy or (busy if is_timing(metric) else "")
+                rows.append(row)
     rows.sort(key=lambda r: r["experiment"])
     return rows, device_name
 
 
-def write_report(rows: list[dict[str, Any]], device_name: str | None, out: str | Path | None = None,
-                 title: str = "foodlab before/after") -> Path:
-    """Write summary.md and summary.png into ``out`` (default experiments/results/<device-slug>)."""
-    from foodlab.bench.runner import EXPERIMENTS_DIR
+def machine_from_mlflow(experiments: list[str] | None = None) -> str:
+    """The precision features recorded on the latest parent runs ('' when none were)."""
+    parents, _ = latest_runs(experiments)
+    values = {_param(p, "foodlab.precision_features", kind="tags") for _, p in parents.iterrows()} - {""}
+    return " / ".join(sorted(values))
 
+
+def write_report(rows: list[dict[str, Any]], device_name: str | None, out: str | Path | None = None,
+                 title: str = "foodlab before/after", features: str | None = None) -> Path:
+    """Write summary.md and summary.png into ``out`` (default experiments/results/<device-slug>)."""
     out = Path(out) if out else EXPERIMENTS_DIR / "results" / device_slug(device_name or "unknown")
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    noisy = [r for r in rows if r.get("noisy")]
     md = [f"# {title}", "", f"Generated {stamp} by `foodlab report` from the runs in MLflow.", "",
-          markdown_table(rows, device_name or "unknown device"), "",
+          markdown_table(rows, device_name or "unknown device", features), "",
           "Improvement: how many times faster (time, throughput) or leaner (memory) the *after* "
-          "variant is than the *before* variant, measured in the same process on the same data.", "",
-          "![before/after](summary.png)", ""]
+          "variant is than the *before* variant, measured in the same process on the same data, the "
+          "variants interleaved in rounds. Interval: p10-p90 of the per-round ratio. Numbers from "
+          "another machine (CPU model, precision features) are not comparable.", ""]
+    if noisy:
+        md += [f"**{len(noisy)} noisy row(s)**: measured while the machine was busy or too unsteady to "
+               "call; they are not findings. Re-run them on a quiet machine.", ""]
+    md += ["![before/after](summary.png)", ""]
     (out / "summary.md").write_text("\n".join(md))
     import matplotlib.pyplot as plt
 

@@ -1,23 +1,29 @@
-"""Run declarative before/after experiments (``experiments/*.yaml``) and log them to MLflow.
+"""Run declarative before/after experiments (``experiments/*.yaml``) and log them to MLflow as they go.
 
 An experiment file names one benchmark module (``foodlab.bench.<benchmark>``), the
 variants to measure, which one is the "before" (``baseline``) and which are the
-"after" (``candidates``), and which metrics to compare. The runner measures every
-variant in this one process, on the same data, and logs one MLflow parent run per
-experiment with a nested child run per variant, in the MLflow experiment
-``foodlab-<name>``. Schema (unknown keys are errors)::
+"after" (``candidates``), and which metrics to compare. Every benchmark module has the same
+``run(scale, device, variants, **settings)``, its settings per scale (``SCALES``, ``DEFAULTS``),
+the variants it measures (``VARIANTS``) and the metrics it can report (``METRICS``); the file is
+checked against them when it is loaded, so a typo fails before anything is measured.
+
+The parent MLflow run (experiment ``foodlab-<name>``) starts before measuring; each group of
+variants measured by one ``run()`` call (variants interleaved in rounds) is logged as child runs
+as soon as it is measured, and ``results.json`` on the parent is rewritten after each group.
+The machine's load is watched while measuring (``foodlab.bench.noise``); a busy machine or an
+unsteady variant marks the result noisy. Schema (unknown keys are errors)::
 
     name: dataset_init                 # optional; defaults to the file stem
     description: decode vs stat vs manifest
-    benchmark: init_time               # foodlab.bench.init_time.run(scale, device, **overrides)
+    benchmark: init_time               # foodlab.bench.init_time
     baseline: decode                   # the "before" variant
     candidates: [stat, manifest_reopen]  # the "after" variant(s)
     metrics: [init_s]                  # compared in the summary table (direction from the name)
-    overrides: {}                      # passed to run() at every scale
-    scales: {smoke: {n: 64}, default: {...}, full: {...}}  # per-scale overrides
+    overrides: {}                      # settings passed to run() at every scale
+    scales: {full: {n: 1000}}          # only what differs from the module's own scale table
     variants:                          # names of the records run() returns, optionally with
-      - decode                         # their own overrides (one run() call per distinct set)
-      - {name: fp32, overrides: {amp: false}, record: fast}
+      - decode                         # their own settings (one run() call per distinct set)
+      - {name: fp32_big, overrides: {batch_size: 16}, record: fp32}
 """
 from __future__ import annotations
 
@@ -28,22 +34,22 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
+from foodlab.bench.compare import comparisons
+from foodlab.bench.settings import EXPERIMENTS_DIR, SCALES, check_overrides
+from foodlab.errors import UsageError
+
 log = logging.getLogger(__name__)
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 BENCHMARKS = ("init_time", "throughput", "loader", "precision", "memory", "quality")
-SCALES = ("smoke", "default", "full")
 TOP_KEYS = {"name", "description", "benchmark", "baseline", "candidates", "metrics", "overrides", "scales", "variants"}
 VARIANT_KEYS = {"name", "overrides", "record", "description"}
-# record params copied into every child run under these names when the benchmark reports them
-COMMON_PARAMS = ("batch_size", "image_size", "num_workers", "n_images")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UsageError):
     """An experiment file that cannot run; the message names the file and the offending key."""
 
 
@@ -89,24 +95,35 @@ class ExperimentResult:
     parent_run_id: str | None = None
     child_run_ids: dict[str, str] = field(default_factory=dict)
     raw_records: list[dict[str, Any]] = field(default_factory=list)  # all settings the benchmark tried
+    load: dict[str, Any] = field(default_factory=dict)  # foodlab.bench.noise.Load.as_dict()
+    machine: dict[str, str] = field(default_factory=dict)  # foodlab.bench.machine.machine_tags()
+
+    @property
+    def busy(self) -> str:
+        """Why the machine was too busy to trust any row, or ""."""
+        return str(self.load.get("noisy", ""))
 
     def record(self, variant: str) -> dict[str, Any]:
         return next(r for r in self.records if r["variant"] == variant)
 
     def comparisons(self) -> list[dict[str, Any]]:
-        """Before/after rows: one per candidate and compared metric that both variants report."""
-        from foodlab.bench.report import comparison_row
+        """Before/after rows (with interval and noisy reason) for every candidate x compared metric."""
+        exp = self.experiment
+        return comparisons(exp.name, exp.baseline, exp.candidates, exp.metrics,
+                           {r["variant"]: r for r in self.records}, noisy=self.busy)
 
-        before = self.record(self.experiment.baseline)["metrics"]
-        rows = []
-        for cand in self.experiment.candidates:
-            after = self.record(cand)["metrics"]
-            for metric in self.experiment.metrics:
-                row = comparison_row(self.experiment.name, metric, self.experiment.baseline, cand,
-                                     before.get(metric), after.get(metric))
-                if row is not None:
-                    rows.append(row)
-        return rows
+    def table(self) -> str:
+        """The benchmark's own table of what it measured, with the machine and its load underneath."""
+        module = benchmark_module(self.experiment.benchmark)
+        lines = [module.format_table(self.raw_records or self.records)]
+        if self.load:
+            lines.append(f"load: {self.load['other_cores_during']:.2f} of {self.load['cpus']} cores used by other "
+                         f"processes while measuring, load average {self.load['load1_before']:.2f} before")
+        noisy = [r for r in self.comparisons() if r["noisy"]]
+        if noisy:
+            lines.append(f"NOISY ({len(noisy)} of {len(self.comparisons())} comparisons): "
+                         + "; ".join(sorted({r['noisy'] for r in noisy})) + " -- re-run on a quiet machine")
+        return "\n".join(lines)
 
 
 def _fail(source: str, msg: str) -> ExperimentError:
@@ -141,8 +158,36 @@ def benchmark_module(name: str):
         raise
 
 
+def _check_against_module(exp: Experiment) -> None:
+    """Variants, metrics and every override against what the benchmark module declares."""
+    module = benchmark_module(exp.benchmark)
+    known = getattr(module, "VARIANTS", None)
+    if known is not None:
+        bad = [v.record for v in exp.variants if v.record not in known]
+        if bad:
+            raise _fail(exp.source, f"unknown variant(s) {', '.join(bad)} for benchmark {exp.benchmark} "
+                                    f"(it measures: {', '.join(known)})")
+    reported = getattr(module, "METRICS", None)
+    if reported is not None:
+        bad = [m for m in exp.metrics if m not in reported]
+        if bad:
+            raise _fail(exp.source, f"metrics: no variant of {exp.benchmark} reports {', '.join(bad)} "
+                                    f"(it reports: {', '.join(reported)})")
+    scales, defaults = getattr(module, "SCALES", None), getattr(module, "DEFAULTS", {})
+    if scales is None:
+        return
+    try:
+        check_overrides(exp.benchmark, scales, exp.overrides, defaults, where=f"{exp.source} overrides")
+        for scale, table in exp.scales.items():
+            check_overrides(exp.benchmark, scales, table, defaults, where=f"{exp.source} scales.{scale}")
+        for v in exp.variants:
+            check_overrides(exp.benchmark, scales, v.overrides, defaults, where=f"{exp.source} variant {v.name}")
+    except UsageError as exc:
+        raise ExperimentError(str(exc)) from None
+
+
 def parse_experiment(raw: Mapping[str, Any], source: str = "<dict>") -> Experiment:
-    """Validate an experiment mapping; every error names the file and the key."""
+    """Validate an experiment mapping against the schema and its benchmark; errors name file and key."""
     if not isinstance(raw, Mapping):
         raise _fail(source, "expected a mapping at the top level")
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -185,12 +230,14 @@ def parse_experiment(raw: Mapping[str, Any], source: str = "<dict>") -> Experime
         if value not in names:
             raise _fail(source, f"{key}: unknown variant {value!r} (variants: {', '.join(names)})")
     name = str(raw.get("name") or Path(source).stem)
-    return Experiment(
+    exp = Experiment(
         name=name, benchmark=benchmark, baseline=baseline, candidates=candidates,
         metrics=_as_list(raw["metrics"], source, "metrics"), variants=variants,
         description=str(raw.get("description", "")).strip(),
         overrides=_mapping(raw.get("overrides"), source, "overrides"), scales=scales, source=source,
     )
+    _check_against_module(exp)
+    return exp
 
 
 def load_experiment(path_or_dict: str | Path | Mapping[str, Any]) -> Experiment:
@@ -201,11 +248,12 @@ def load_experiment(path_or_dict: str | Path | Mapping[str, Any]) -> Experiment:
     if not path.exists() and not path.suffix:
         path = Path(EXPERIMENTS_DIR) / f"{path}.yaml"
     if not path.exists():
-        raise ExperimentError(f"experiment file {path} does not exist")
+        known = ", ".join(p.stem for p in experiment_files())
+        raise ExperimentError(f"experiment file {path} does not exist (experiments/ has: {known})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ExperimentError(f"{path}: not valid YAML ({exc})") from exc
+        raise ExperimentError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     return parse_experiment(raw or {}, source=str(path))
 
 
@@ -213,56 +261,39 @@ def experiment_files(folder: str | Path | None = None) -> list[Path]:
     return sorted(Path(folder or EXPERIMENTS_DIR).glob("*.yaml"))
 
 
-def _call_benchmark(module, scale: str, device: str, overrides: dict[str, Any], wanted: list[str]):
-    """Call run(); modules whose run() has a ``variants`` parameter only measure the ones asked for."""
-    import inspect
+def measure_groups(exp: Experiment, scale: str, device: str
+                   ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Measure the variants one ``run()`` call (one set of overrides) at a time, yielding as each ends.
 
-    params = inspect.signature(module.run).parameters
-    if "variants" in params and "variants" not in overrides:
-        overrides = {**overrides, "variants": wanted}
-    return module.run(scale=scale, device=device, **overrides)
-
-
-def measure(exp: Experiment, scale: str, device: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Measure every variant in this process; one run() call per distinct set of overrides.
-
-    Returns (one record per experiment variant, every record the benchmark returned).
+    Yields (one record per experiment variant of the group, every record the benchmark returned).
     """
     module = benchmark_module(exp.benchmark)
-    known = getattr(module, "VARIANTS", None)
-    if known is not None:
-        bad = [v.record for v in exp.variants if v.record not in known]
-        if bad:
-            raise _fail(exp.source, f"unknown variant(s) {', '.join(bad)} for benchmark {exp.benchmark} "
-                                    f"(it measures: {', '.join(known)})")
     groups: dict[str, list[Variant]] = {}
     for v in exp.variants:
         groups.setdefault(json.dumps(v.overrides, sort_keys=True, default=str), []).append(v)
-    records: dict[str, dict[str, Any]] = {}
-    raw: list[dict[str, Any]] = []
     for group in groups.values():
-        overrides = {**exp.overrides_for(scale), **group[0].overrides}
+        settings = {**exp.overrides_for(scale), **group[0].overrides}
+        wanted = list(dict.fromkeys(v.record for v in group))
         log.info("%s: measuring %s at scale %s on %s", exp.name, ", ".join(v.name for v in group), scale, device)
-        got = _call_benchmark(module, scale, device, overrides, list(dict.fromkeys(v.record for v in group)))
-        raw += got
+        got = module.run(scale, device, wanted, **settings)
         by_name: dict[str, dict[str, Any]] = {}
         for r in got:  # several records per variant (e.g. one per precision): the selected one wins
             if r["variant"] not in by_name or r.get("params", {}).get("selected"):
                 by_name[r["variant"]] = r
+        records = []
         for v in group:
             rec = by_name.get(v.record)
-            if rec is None and len(got) == 1 and v.overrides:
-                rec = got[0]  # a run() configured entirely by this variant's overrides
             if rec is None:
                 raise _fail(exp.source, f"unknown variant {v.record!r}: benchmark {exp.benchmark} returned "
                                         f"{', '.join(by_name) or 'nothing'}")
-            records[v.name] = {
+            records.append({
                 "variant": v.name,
                 "params": {**dict(rec.get("params", {})), "bench_variant": rec["variant"],
                            **{f"override.{k}": val for k, val in group[0].overrides.items()}},
                 "metrics": dict(rec.get("metrics", {})),
-            }
-    return [records[v.name] for v in exp.variants], raw
+                "samples": dict(rec.get("samples", {})),
+            })
+        yield records, got
 
 
 def environment_params(device) -> dict[str, str]:
@@ -275,45 +306,14 @@ def environment_params(device) -> dict[str, str]:
             "foodlab_version": foodlab.__version__, "python_version": platform.python_version()}
 
 
-def _log(exp: Experiment, result: ExperimentResult, env: dict[str, str]) -> None:
-    from foodlab import tracking
-
-    commit = tracking.git_commit()
-    base_tags = {"foodlab.experiment": exp.name, "foodlab.scale": result.scale, "foodlab.git_commit": commit}
-    with tracking.start_run(exp.mlflow_experiment, run_name=f"{exp.name}-{result.scale}-{env['device']}",
-                            tags={**base_tags, "foodlab.role": "parent"}) as parent:
-        result.parent_run_id = parent.info.run_id
-        tracking.log_params({
-            "experiment": exp.name, "benchmark": exp.benchmark, "scale": result.scale,
-            "baseline": exp.baseline, "candidates": ",".join(exp.candidates),
-            "compare_metrics": ",".join(exp.metrics), "variants": ",".join(v.name for v in exp.variants),
-            **env, **{f"override.{k}": v for k, v in exp.overrides_for(result.scale).items()},
-        })
-        if exp.description:
-            tracking.set_tags({"mlflow.note.content": exp.description})
-        for rec in result.records:
-            role = "baseline" if rec["variant"] == exp.baseline else (
-                "candidate" if rec["variant"] in exp.candidates else "variant")
-            with tracking.start_run(exp.mlflow_experiment, run_name=rec["variant"], nested=True,
-                                    tags={**base_tags, "foodlab.role": role,
-                                          "foodlab.variant": rec["variant"]}) as child:
-                result.child_run_ids[rec["variant"]] = child.info.run_id
-                p = rec["params"]
-                tracking.log_params({"variant": rec["variant"], **env,
-                                     **{k: p.get(k, "n/a") for k in COMMON_PARAMS}, **p})
-                tracking.log_metrics({k: v for k, v in rec["metrics"].items() if isinstance(v, (int, float))})
-        rows = result.comparisons()
-        tracking.log_metrics({f"{r['metric']}.{r['after']}.ratio": r["ratio"] for r in rows if r["ratio"]})
-        tracking.log_metrics({"wall_s": result.wall_s})
-        tracking.log_dict({"records": result.records, "comparisons": rows, "all_records": result.raw_records},
-                          "results.json")
-        if Path(exp.source).exists():
-            tracking.log_artifact(exp.source)
-
-
 def run_experiment(path_or_dict: str | Path | Mapping[str, Any], scale: str = "smoke", device: str = "auto",
                    log_to_mlflow: bool = True) -> ExperimentResult:
-    """Measure all variants of one experiment and (by default) log parent + child runs to MLflow."""
+    """Measure all variants of one experiment, logging the parent run first and each child as it is measured."""
+    import contextlib
+
+    from foodlab.bench.machine import machine_tags
+    from foodlab.bench.noise import LoadMonitor
+    from foodlab.bench.runlog import RunLogger
     from foodlab.devices import resolve_device
 
     if scale not in SCALES:
@@ -321,23 +321,29 @@ def run_experiment(path_or_dict: str | Path | Mapping[str, Any], scale: str = "s
     exp = load_experiment(path_or_dict)
     dev = resolve_device(device)
     env = environment_params(dev)
-    if log_to_mlflow:
-        from foodlab import tracking
-        tracking.configure()  # fail before spending minutes measuring when the server is down
-    start = time.perf_counter()
-    records, raw = measure(exp, scale, str(dev))
     result = ExperimentResult(experiment=exp, scale=scale, device=env["device"], device_name=env["device_name"],
-                              records=records, wall_s=time.perf_counter() - start, raw_records=raw)
-    if log_to_mlflow:
-        _log(exp, result, env)
-    log.info("%s done in %.1f s", exp.name, result.wall_s)
+                              records=[], wall_s=0.0, machine=machine_tags(dev))
+    logger = None
+    with contextlib.ExitStack() as stack:
+        if log_to_mlflow:
+            from foodlab import tracking
+
+            tracking.configure()  # fail before spending minutes measuring when the server is down
+            logger = RunLogger(exp, result, env)
+            logger.log_parent_params(stack.enter_context(logger.start_parent()))
+        start = time.perf_counter()
+        with LoadMonitor() as monitor:
+            for group, got in measure_groups(exp, scale, str(dev)):
+                result.records += group
+                result.raw_records += got
+                if logger:
+                    logger.log_children(group)
+                    logger.write_results()
+        result.wall_s = time.perf_counter() - start
+        result.load = monitor.load.as_dict()
+        order = [v.name for v in exp.variants]
+        result.records.sort(key=lambda r: order.index(r["variant"]))
+        if logger:
+            logger.finish()
+    log.info("%s done in %.1f s%s", exp.name, result.wall_s, f" (noisy: {result.busy})" if result.busy else "")
     return result
-
-
-def run_all(scale: str = "smoke", device: str = "auto", folder: str | Path | None = None,
-            log_to_mlflow: bool = True, names: list[str] | None = None) -> list[ExperimentResult]:
-    """Every experiment file in ``folder`` (or those in ``names``), one after the other."""
-    from tqdm.auto import tqdm
-
-    paths = [p for p in experiment_files(folder) if names is None or p.stem in names]
-    return [run_experiment(p, scale, device, log_to_mlflow) for p in tqdm(paths, desc="experiments", unit="exp")]

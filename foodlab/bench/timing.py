@@ -1,59 +1,88 @@
-"""Honest step timing shared by the benchmarks: warm-up, synchronize, medians.
+"""Interleaved step timing shared by the benchmarks: every variant once per round, rounds repeated.
 
-A step is any zero-argument callable. ``time_steps`` runs it ``warmup`` times untimed
-(allocator, autotuning, lazy init), then ``repeats`` times, synchronizing the device
-before reading the clock each time so queued GPU kernels are inside the measurement.
-``train_step`` builds the usual forward/loss/backward/optimizer step for a model that
-maps images to logits, with optional autocast and channels_last.
+Variants of one experiment are timed in rounds (A B C D, then D C B A, ...) in one process, so a
+slow period on the machine lands on every variant alike instead of on whichever ran during it;
+alternating the direction keeps any variant from always following the same neighbour. The
+device is synchronized before the clock is read at both ends, so queued GPU kernels are inside
+the measurement.
+
+Why not ``torch.utils.benchmark.Timer``: its ``blocked_autorange``/``adaptive_autorange`` run one
+statement back to back until a time budget is spent, which is exactly the "measure A, then B,
+minutes apart" pattern interleaving exists to avoid, and ``Timer.timeit(n)`` runs two untimed
+warm-up calls before every measurement, which would triple the cost of a SAM2 train step that
+takes seconds and put extra calls between the rounds. Its pieces that fit are what this loop
+does: one call per sample, a device-synchronized clock, median and IQR (here also p10/p90, via
+``foodlab.bench.compare.spread``) over the samples; threads stay as the process set them.
+
+``train_step`` builds the usual forward/loss/backward/optimizer step for a model that maps images
+to logits, with optional autocast and channels_last.
 """
 from __future__ import annotations
 
-import statistics
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
+from foodlab.bench.compare import spread
 from foodlab.devices import autocast, needs_grad_scaler, synchronize
 
+Step = Callable[[], object]
 
-def time_steps(step: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> list[float]:
-    """Seconds per call of ``step`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
+
+def synced_clock(device: torch.device) -> Callable[[], float]:
+    """A clock that waits for the device's queued work before reading the time."""
+    def clock() -> float:
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter()
+    return clock
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) without numpy."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """Forward on even rounds, backward on odd ones (A B C D, D C B A, ...)."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
-def summarize(times: list[float], images_per_step: int) -> dict[str, float]:
-    """step_time_median_s, step_time_p90_s and images_per_s (from the median)."""
-    median = statistics.median(times)
-    return {
-        "step_time_median_s": median,
-        "step_time_p90_s": percentile(times, 90),
-        "images_per_s": images_per_step / median if median > 0 else float("nan"),
+def interleave(steps: Mapping[str, Step], device: torch.device, rounds: int, warmup: int = 1,
+               prepare: Mapping[str, Step] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each step, one value per round (every round runs every step once).
+
+    ``warmup`` untimed calls of each step come first (allocator, autotuning, lazy init).
+    ``prepare[name]``, when given, runs before each timed call of ``name``, outside the clock.
+    """
+    names = list(steps)
+    prepare = dict(prepare or {})
+    clock = synced_clock(device)
+    for _ in range(warmup):
+        for name in names:
+            prepare.get(name, lambda: None)()
+            steps[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in round_order(names, r):
+            prepare.get(name, lambda: None)()
+            start = clock()
+            steps[name]()
+            samples[name].append(clock() - start)
+    return samples
+
+
+def summarize(times: list[float], images_per_step: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(metrics, per-round samples) for step times: median, p10/p90, IQR and images/s from the median."""
+    s = spread(times)
+    metrics = {
+        "step_time_median_s": s["median"], "step_time_p10_s": s["p10"], "step_time_p90_s": s["p90"],
+        "step_time_iqr_s": s["iqr"], "step_time_relative_spread": s["relative_spread"],
+        "images_per_s": images_per_step / s["median"] if s["median"] > 0 else float("nan"),
     }
+    samples = {"step_time_median_s": list(times), "images_per_s": [images_per_step / t for t in times]}
+    return metrics, samples
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
                amp_dtype: torch.dtype | None = None, channels_last: bool = False, lr: float = 1e-3,
-               forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Callable[[], torch.Tensor]:
+               forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+               ) -> Callable[[], torch.Tensor]:
     """A closure doing one optimizer step of ``model(images)`` against ``masks``; returns the (detached) loss.
 
     ``forward(images, masks) -> logits`` replaces ``model(images)`` for models that need the masks
@@ -90,7 +119,8 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor
 
 def synthetic_batch(batch_size: int, image_size: int, num_classes: int = 1, seed: int = 0):
     """One (images, masks) batch from the synthetic food dataset, identical for every variant."""
-    from foodlab.data import FoodSegDataset, ensure_synthetic
+    from foodlab.data.dataset import FoodSegDataset
+    from foodlab.data.synth import ensure_synthetic
 
     root = ensure_synthetic(max(batch_size, 8), size=image_size, seed=seed)
     ds = FoodSegDataset(root, image_size=image_size, num_classes=num_classes)
