@@ -226,3 +226,78 @@ def ui_url(experiment: str | None = None, host: str = "127.0.0.1", port: int = 5
         return base
     exp = MlflowClient().get_experiment_by_name(experiment)
     return f"{base}/#/experiments/{exp.experiment_id}/runs" if exp else base
+
+
+# ---------------------------------------------------------------- model registry
+
+CHAMPION = "champion"  # the alias users load: models:/NAME@champion
+MODEL_TAG = "foodlab.model"  # run tag naming the artifact path of the MLflow Model the run logged
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and errors shrink as models improve; every other metric (miou, accuracy, ...) grows."""
+    return any(word in metric.lower() for word in ("loss", "error", "time"))
+
+
+def best_run(experiment: str, metric: str = "val_miou", with_model: bool = True) -> dict[str, Any] | None:
+    """The finished run of ``experiment`` with the best ``metric`` (a ``search_runs`` row as a dict), or None.
+
+    ``with_model``: only runs that logged an MLflow Model (tagged ``MODEL_TAG``), the ones a
+    registry can take; the row's ``model_uri`` is then ``runs:/<run id>/<artifact path>``.
+    """
+    order = "ASC" if lower_is_better(metric) else "DESC"
+    where = f"tags.`{MODEL_TAG}` != ''" if with_model else ""
+    runs = search_runs([experiment], filter_string=where, order_by=[f"metrics.`{metric}` {order}"], max_results=50)
+    column = f"metrics.{metric}"
+    if runs.empty or column not in runs:
+        return None
+    runs = runs[runs[column].notna() & (runs["status"] == "FINISHED")]
+    if runs.empty:
+        return None
+    row = runs.iloc[0].to_dict()
+    if with_model:
+        row["model_uri"] = f"runs:/{row['run_id']}/{row[f'tags.{MODEL_TAG}']}"
+    return row
+
+
+def register_model(model_uri: str, name: str) -> str:
+    """Register ``model_uri`` (e.g. ``runs:/<id>/model``) as a new version of ``name``; returns the version."""
+    return str(mlflow.register_model(model_uri, name).version)
+
+
+def model_versions(name: str) -> list[dict[str, Any]]:
+    """Versions of registered model ``name``, newest first, each with its aliases and its run's metrics."""
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        return []
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():  # search results omit aliases
+        aliases.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in versions:
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        out.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                    "run_id": mv.run_id, "metrics": dict(metrics)})
+    return sorted(out, key=lambda v: int(v["version"]), reverse=True)
+
+
+def promote(name: str, *, metric: str = "val_miou", version: str | int | None = None,
+            alias: str = CHAMPION) -> str:
+    """Point ``alias`` at ``version``, or at the version whose run logged the best ``metric``; returns it."""
+    from foodlab.errors import UsageError
+
+    versions = model_versions(name)
+    if not versions:
+        raise UsageError(f"no registered model {name!r} (or it has no versions); register one with "
+                         "`foodlab train --register NAME` first")
+    if version is None:
+        scored = [v for v in versions if metric in v["metrics"]]
+        if not scored:
+            raise UsageError(f"no version of {name!r} has a run that logged {metric!r}; pick one with --version")
+        pick = min if lower_is_better(metric) else max
+        version = pick(scored, key=lambda v: v["metrics"][metric])["version"]
+    elif str(version) not in {v["version"] for v in versions}:
+        raise UsageError(f"{name!r} has no version {version} (versions: {', '.join(v['version'] for v in versions)})")
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+    return str(version)

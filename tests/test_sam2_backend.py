@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
 import textwrap
+import types
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from foodlab.models import FoodDetector
 from foodlab.models import sam2_backend
+from foodlab.models.detector import FoodDetector
+from foodlab.models.prompts import prompts_for_batch
+from foodlab.models.sam2_cache import EmbeddingDataset
 from foodlab.train.losses import segmentation_loss
 
 SAM_SIZE = 128  # SAM2 input size override: same architecture, ~60x less compute than 1024
@@ -121,46 +125,6 @@ def test_sam2_inference_returns_masks_of_input_size(num_classes, head_trained):
 
 
 @pytest.mark.slow
-def test_embedding_cache_and_decoder_training(tmp_path, tiny_sam):
-    class Data(torch.utils.data.Dataset):
-        fingerprint = "abc"
-        num_classes = 1
-
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, i):
-            return torch.rand(3, 64, 64), _gt(1)[0]
-
-    out = sam2_backend.embed_dataset(Data(), tmp_path / "emb", batch_size=2, device="cpu", image_size=SAM_SIZE)
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["complete"] and meta["model_type"] == "tiny" and meta["fingerprint"] == "abc"
-    stamp = (out / "image_embed.npy").stat().st_mtime_ns
-    assert sam2_backend.embed_dataset(Data(), out, device="cpu", image_size=SAM_SIZE) == out
-    assert (out / "image_embed.npy").stat().st_mtime_ns == stamp  # reused, not recomputed
-
-    ds = sam2_backend.EmbeddingDataset(out)
-    assert len(ds) == 3
-    feats, mask = ds[0]
-    assert feats["image_embed"].dtype == torch.float16 and feats["image_embed"].shape == (256, 8, 8)
-    assert mask.shape == (64, 64) and mask.dtype == torch.long and mask.max() == 1
-    feats, masks = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
-    tiny_sam.train()
-    logits = sam2_backend.decoder_logits(tiny_sam, feats, masks, num_classes=1)
-    tiny_sam.eval()
-    assert logits.shape == (2, 1, 64, 64)
-    decoder = list(tiny_sam.sam_mask_decoder.parameters())
-    for p in decoder:
-        p.requires_grad_(True)
-    tiny_sam.train()
-    segmentation_loss(sam2_backend.decoder_logits(tiny_sam, feats, masks), masks).backward()
-    tiny_sam.eval()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder)
-    with pytest.raises(FileNotFoundError):
-        sam2_backend.EmbeddingDataset(tmp_path / "none")
-
-
-@pytest.mark.slow
 def test_full_sam2_paths_never_import_torchvision():
     code = textwrap.dedent("""
         import sys, torch
@@ -183,31 +147,6 @@ def test_full_sam2_paths_never_import_torchvision():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lightweight", "sam2"])
-def test_predict_command_end_to_end(tmp_path, mode):
-    from foodlab.models.commands import add_commands
-
-    src = tmp_path / "photos"
-    src.mkdir()
-    for i in range(2):
-        img = np.full((60 + 10 * i, 80, 3), 200, np.uint8)
-        cv2.circle(img, (40, 30), 15, (30, 120, 200), -1)
-        cv2.imwrite(str(src / f"dish{i}.jpg"), img)
-    weights = FoodDetector(device="cpu").save_head(tmp_path / "head.pt")
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["predict", str(src), "--weights", str(weights), "--out", str(tmp_path / "out"),
-                              "--mode", mode, "--image-size", "64", "--device", "cpu", "--sam2-image-size", "128"])
-    assert args.func(args) == 0
-    for i in range(2):
-        mask = cv2.imread(str(tmp_path / "out" / f"dish{i}_mask.png"), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (60 + 10 * i, 80) and mask.dtype == np.uint8
-        assert set(np.unique(mask)) <= {0, 255}
-        overlay = cv2.imread(str(tmp_path / "out" / f"dish{i}_overlay.jpg"))
-        assert overlay.shape == (60 + 10 * i, 80, 3)
-
-
-@pytest.mark.slow
 def test_embed_command(tmp_path):
     from foodlab.data import generate_synthetic
     from foodlab.models.commands import add_commands
@@ -218,7 +157,95 @@ def test_embed_command(tmp_path):
     args = parser.parse_args(["embed", "--data", str(data), "--out", str(tmp_path / "emb"), "--image-size", "64",
                               "--device", "cpu", "--sam2-image-size", "128"])
     assert args.func(args) == 0
-    ds = sam2_backend.EmbeddingDataset(tmp_path / "emb")
+    ds = EmbeddingDataset(tmp_path / "emb")
     feats, mask = ds[1]
     assert len(ds) == 2 and feats["high_res_feats"][0].shape == (32, 32, 32) and mask.shape == (64, 64)
     assert set(mask.unique().tolist()) <= {0, 1}
+
+
+# ---------------------------------------------------------------- against SAM2's own predictor
+# SAM2ImagePredictor imports torchvision only for three transforms, and torchvision cannot load next to the
+# CPU torch wheel. These stand-ins do what torchvision does on a float tensor (ToTensor: HWC uint8 -> CHW
+# /255; Resize((s, s)): bilinear, align_corners=False, antialias=True; Normalize); everything else is
+# SAM2's own code. Module level: torch.jit.script needs their source.
+
+
+class _ToTensor:
+    def __call__(self, img):
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255)
+
+
+class _Resize(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False,
+                             antialias=True).squeeze(0)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@pytest.fixture
+def sam2_predictor(monkeypatch, tiny_sam):
+    """SAM2's real ``SAM2ImagePredictor`` on ``tiny_sam``, with torchvision's transforms stood in."""
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.ToTensor, transforms.Resize, transforms.Normalize = _ToTensor, _Resize, _Normalize
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = transforms
+    before = set(sys.modules)
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(tiny_sam)
+    predictor._bb_feat_sizes = [(SAM_SIZE // 4,) * 2, (SAM_SIZE // 8,) * 2, (SAM_SIZE // 16,) * 2]  # it assumes 1024
+    yield predictor
+    for name in set(sys.modules) - before:  # the stand-ins must not leak into other tests
+        if name.startswith(("sam2.sam2_image_predictor", "sam2.utils.transforms")):
+            del sys.modules[name]
+
+
+def _photo(h, w, seed):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(img + rng.integers(0, 40, img.shape, dtype=np.uint8))  # fine detail: aliasing shows
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SAM2Transforms calls torch.jit.script
+def test_photo_logits_match_sam2_predictor(tiny_sam, sam2_predictor):
+    """Full-resolution photos (one shrunk, one enlarged to SAM2's input), head masks at another size, a
+    box + points prompt and a box-only one in the same batch: foodlab's batched path gives SAM2's logits."""
+    photos = [_photo(150, 200, 0), _photo(90, 110, 1)]
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[0, 8:30, 10:40] = 1
+    masks[0, 40:60, 44:60] = 1
+    masks[0, 50, 2] = 1  # a crumb: left out of the prompt
+    # image 1: empty head mask -> a box-only prompt
+    frames = [p.shape[:2] for p in photos]
+    tensors = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in photos]
+    with torch.no_grad():
+        logits, scores = sam2_backend.photo_logits(tiny_sam, tensors, masks, rng=np.random.default_rng(0))
+    prompts = prompts_for_batch(masks, 1, image_size=SAM_SIZE, rng=np.random.default_rng(0), frames=frames)
+    assert prompts["image_index"].tolist() == [0, 1]
+    for i, (photo, (h, w)) in enumerate(zip(photos, frames)):
+        coords = prompts["coords"][i].numpy() / SAM_SIZE * np.array([w, h])  # back to the photo's frame
+        labels = prompts["labels"][i].numpy()
+        real = labels[2:] != -1
+        sam2_predictor.set_image(photo)
+        ref, ref_iou, _ = sam2_predictor.predict(
+            point_coords=coords[2:][real] if real.any() else None, point_labels=labels[2:][real] if real.any() else None,
+            box=coords[:2].reshape(4), multimask_output=False, return_logits=True)
+        assert logits[i].shape == (1, h, w)
+        np.testing.assert_allclose(logits[i][0].numpy(), ref[0], atol=1e-3, rtol=1e-3)
+        assert float(scores[i]) == pytest.approx(float(ref_iou[0]), abs=1e-4)
+    assert real.sum() == 0  # the second prompt was box-only

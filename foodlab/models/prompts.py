@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from foodlab.train.losses import IGNORE_INDEX
+from foodlab.labels import IGNORE_INDEX
 
 NEG_LOGIT = -100.0  # logit of classes without a prompt: sigmoid/softmax ~0, finite in fp16/bf16
 BOX_LABELS = (2, 3)  # SAM's labels for the top-left / bottom-right box corners
@@ -98,18 +98,29 @@ def prompts_from_mask(mask, max_prompts: int = 4, num_pos: int = 3, num_neg: int
             "labels": np.asarray(labels, np.int32).reshape(-1, width)}
 
 
-def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int, rng: np.random.Generator | None = None,
-                      device=None, per_component: bool = False, **kwargs) -> dict:
+def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int,
+                      rng: np.random.Generator | list[np.random.Generator] | None = None,
+                      device=None, per_component: bool = False, frames: list[tuple[int, int]] | None = None,
+                      **kwargs) -> dict:
     """Prompts for a batch of class-id masks (B, H, W), scaled to SAM2's square input of ``image_size``.
 
+    ``rng``: one generator for the batch, or one per image (then an image's prompts do not
+    depend on the other images in its batch). ``frames``: each image's (height, width) when SAM2 sees a photo of another size than the
+    mask (inference: the head runs smaller). A mask pixel's centre is mapped to the photo's
+    frame (a box covers its pixels' extent, a point sits at its pixel's centre), then to SAM2's
+    input as SAM2's ``transform_coords`` does (x / W * image_size).
     Returns coords (N, 2 + P, 2) float32 (box corners first, as the predictor does), labels
-    (N, 2 + P) int32, image_index (N,) and class_index (N,) long tensors (class -1: no class).
+    (N, 2 + P) int32 with any padding (-1) trailing, image_index (N,) and class_index (N,)
+    long tensors (class -1: no class).
     """
     masks_np = masks.detach().cpu().numpy()
-    b, h, w = masks_np.shape
-    scale = np.array([image_size / w, image_size / h], np.float32)
+    _, h, w = masks_np.shape
     coords, labels, image_index, class_index = [], [], [], []
-    for i, m in enumerate(masks_np):
+    rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(masks_np)
+    for i, (m, rng) in enumerate(zip(masks_np, rngs)):
+        fh, fw = frames[i] if frames is not None else (h, w)
+        to_frame = np.array([fw / w, fh / h], np.float32)
+        to_input = np.array([image_size / fw, image_size / fh], np.float32)
         valid = m != IGNORE_INDEX
         if num_classes == 1:
             sets = [(0, prompts_from_mask((m > 0) & valid, per_component=per_component, rng=rng, **kwargs))]
@@ -121,7 +132,10 @@ def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int, rn
         for c, p in sets:
             n = len(p["boxes"])
             corners = p["boxes"].reshape(n, 2, 2)
-            coords.append(np.concatenate([corners, p["points"]], axis=1) * scale)
+            if frames is not None:  # each is the identity when the frame is the mask's size
+                corners = np.stack([corners[:, 0] * to_frame, (corners[:, 1] + 1) * to_frame - 1], axis=1)
+                p = {**p, "points": (p["points"] + 0.5) * to_frame - 0.5}
+            coords.append(np.concatenate([corners, p["points"]], axis=1) * to_input)
             labels.append(np.concatenate([np.tile(np.array(BOX_LABELS, np.int32), (n, 1)), p["labels"]], axis=1))
             image_index += [i] * n
             class_index += [c] * n

@@ -1,4 +1,4 @@
-"""SAM2 for foodlab: build, checkpoint, batched encode/prompt/decode, and an embeddings cache.
+"""SAM2 for foodlab: build, checkpoint, batched encode/prompt/decode.
 
 The only module that imports ``sam2``. It never touches ``sam2.sam2_image_predictor``
 (that one imports torchvision, which cannot load next to the CPU torch wheel):
@@ -12,18 +12,17 @@ are merged into (B, C, H, W) logits by ``assemble_logits``.
 """
 from __future__ import annotations
 
-import json
-import os
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from foodlab.devices import autocast, autocast_dtype, resolve_device
+from foodlab.devices import resolve_device
 from foodlab.models.lightweight import IMAGENET_MEAN, IMAGENET_STD, interpolate
-from foodlab.models.prompts import NEG_LOGIT, assemble_logits, prompts_for_batch, prompts_from_mask
+from foodlab.models.prompts import PAD_LABEL, assemble_logits, prompts_for_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,6 @@ MODEL_CONFIGS = {
     "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 _warned_random = False
-
-__all__ = [
-    "MODEL_CONFIGS", "NEG_LOGIT", "prompts_from_mask", "prompts_for_batch", "assemble_logits", "build_sam2_model",
-    "load_sam2_checkpoint", "set_trainable", "preprocess", "encode", "decode", "sam2_logits", "decoder_logits", "embed_dataset",
-    "EmbeddingDataset",
-]
-
 
 def build_sam2_model(model_type: str = "tiny", checkpoint: str | Path | None = None, device="cpu",
                      image_size: int | None = None) -> nn.Module:
@@ -110,13 +102,28 @@ def load_sam2_checkpoint(model: nn.Module, path: str | Path, model_type: str = "
     log.info("loaded SAM2 %s weights from %s", model_type, path)
 
 
-def preprocess(sam: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> resized to the model's square input and ImageNet-normalized."""
+def preprocess(sam: nn.Module, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Images in [0, 1] -> SAM2's square input, ImageNet-normalized, as SAM2's own transforms do.
+
+    ``images`` is a (B, 3, H, W) batch or a list of (3, H, W) photos of any sizes (each is
+    resized on its own, then stacked). Bilinear with antialias, as torchvision's ``Resize``
+    in ``SAM2Transforms``: without it a large photo shrunk to 1024 aliases (it only matters
+    when downscaling).
+    """
     size = sam.image_size
-    x = interpolate(images, (size, size))
+    batch = [images] if torch.is_tensor(images) else [p[None] for p in images]
+    x = torch.cat([_resize_antialiased(b, size) for b in batch])
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _resize_antialiased(x: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    dtype = x.dtype
+    x = x.float() if x.device.type == "mps" else x  # MPS: antialiased kernels in float32 only
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).to(dtype)
 
 
 def encode(sam: nn.Module, images: torch.Tensor) -> dict:
@@ -145,30 +152,44 @@ def decode(sam: nn.Module, features: dict, prompts: dict) -> tuple[torch.Tensor,
     """Batched prompt encoder + mask decoder: one low-res mask logit (N, 1, s/4, s/4) and score (N,) per prompt.
 
     ``prompts`` (from ``prompts_for_batch``) holds coords (N, P, 2) in model-input pixels,
-    labels (N, P) (2/3 = box corners, 1/0 = positive/negative points, -1 = padding) and
-    image_index (N,). Each prompt's image features are gathered so the decoder runs once
-    with ``repeat_image=False``.
+    labels (N, P) (2/3 = box corners, 1/0 = positive/negative points, -1 = padding, always
+    trailing) and image_index (N,). Padding points are not free: the prompt encoder turns
+    each into a token the decoder attends to. So prompts are grouped by their number of real
+    points and each group runs without padding, which is what SAM2's predictor feeds the
+    encoder for one prompt (it then adds its own single pad point, as here). Each prompt's
+    image features are gathered so the decoder runs with ``repeat_image=False``.
     """
     embed = features["image_embed"]
     device_type = embed.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
         else next(sam.sam_mask_decoder.parameters()).dtype  # cached fp16 -> the dtype the decoder computes in
-    idx = prompts["image_index"]
-    same = len(idx) == len(embed) and bool((idx == torch.arange(len(idx), device=idx.device)).all())
-    gather = (lambda t: t.to(dtype)) if same else (lambda t: t[idx].to(dtype))  # one prompt per image: no copy
-    embed = gather(embed)
-    high_res = [gather(f) for f in features["high_res_feats"]]
-    sparse, dense = sam.sam_prompt_encoder(points=(prompts["coords"], prompts["labels"]), boxes=None, masks=None)
-    low_res, iou, _, _ = sam.sam_mask_decoder(
-        image_embeddings=embed,
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-        repeat_image=False,
-        high_res_features=high_res,
-    )
-    return low_res, iou[:, 0]
+    coords, labels, idx = prompts["coords"], prompts["labels"], prompts["image_index"]
+    counts = (labels != PAD_LABEL).sum(dim=1)
+    low_res, iou, order = [], [], []
+    for n in sorted(set(counts.tolist())):
+        sel = torch.nonzero(counts == n)[:, 0]
+        if bool((labels[sel, n:] != PAD_LABEL).any()):
+            raise ValueError("prompt padding must come after the real points (as prompts_for_batch builds it)")
+        rows = idx[sel]
+        same = len(rows) == len(embed) and bool((rows == torch.arange(len(rows), device=rows.device)).all())
+        gather = (lambda t: t.to(dtype)) if same else (lambda t, rows=rows: t[rows].to(dtype))  # no copy if 1:1
+        sparse, dense = sam.sam_prompt_encoder(points=(coords[sel, :n], labels[sel, :n]), boxes=None, masks=None)
+        masks, scores, _, _ = sam.sam_mask_decoder(
+            image_embeddings=gather(embed),
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=[gather(f) for f in features["high_res_feats"]],
+        )
+        low_res.append(masks)
+        iou.append(scores[:, 0])
+        order.append(sel)
+    if len(order) == 1:
+        return low_res[0], iou[0]
+    back = torch.argsort(torch.cat(order))  # groups -> the prompts' own order
+    return torch.cat(low_res)[back], torch.cat(iou)[back]
 
 
 def decoder_logits(sam: nn.Module, features: dict, masks: torch.Tensor, num_classes: int = 1,
@@ -183,11 +204,14 @@ def decoder_logits(sam: nn.Module, features: dict, masks: torch.Tensor, num_clas
     low_res, iou = decode(sam, features, prompts)
     logits = assemble_logits(low_res, prompts, b, num_classes)
     logits = interpolate(logits, tuple(masks.shape[-2:]))
-    if not return_scores:
-        return logits
-    scores = torch.zeros(b, device=iou.device, dtype=torch.float32).index_add_(0, prompts["image_index"], iou.float())
-    counts = torch.bincount(prompts["image_index"], minlength=b).clamp_min(1)
-    return logits, scores / counts
+    return (logits, _image_scores(iou, prompts, b)) if return_scores else logits
+
+
+def _image_scores(iou: torch.Tensor, prompts: dict, batch_size: int) -> torch.Tensor:
+    """Per-image score: the mean of its prompts' predicted IoU."""
+    idx = prompts["image_index"]
+    scores = torch.zeros(batch_size, device=iou.device, dtype=torch.float32).index_add_(0, idx, iou.float())
+    return scores / torch.bincount(idx, minlength=batch_size).clamp_min(1)
 
 
 def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int = 1,
@@ -199,97 +223,24 @@ def sam2_logits(sam: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_c
                           return_scores=return_scores, **prompt_kwargs)
 
 
-# ---------------------------------------------------------------- embeddings cache
+def photo_logits(sam: nn.Module, photos: list[torch.Tensor], masks: torch.Tensor, num_classes: int = 1,
+                 rng: np.random.Generator | list[np.random.Generator] | None = None, **prompt_kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """SAM2 inference as SAM2's predictor does it: photos at their own resolution, prompted from ``masks``.
 
-_ARRAYS = ("image_embed", "high_res_0", "high_res_1")
-
-
-def embed_dataset(dataset, out_dir: str | Path, model_type: str = "tiny", checkpoint: str | Path | None = None,
-                  batch_size: int = 2, device="auto", image_size: int | None = None, amp: bool = True) -> Path:
-    """Run the frozen SAM2 image encoder once over ``dataset`` and store its outputs (fp16) on disk.
-
-    Writes ``image_embed.npy``, ``high_res_0.npy``, ``high_res_1.npy`` (the features the
-    decoder consumes, after ``conv_s0``/``conv_s1`` and ``no_mem_embed``, so those stay
-    frozen in decoder-only training), ``masks.npy`` (uint8 class ids) and ``meta.json``.
-    A complete cache with the same model type, checkpoint, SAM2 input size and dataset
-    fingerprint is reused as is. ~8 MB per image at 1024 (fp16).
+    ``photos``: (3, H_i, W_i) tensors in [0, 1], any sizes; SAM2 resizes each to its square
+    input itself (antialiased). ``masks`` (B, h, w): class ids at another resolution (the
+    head's training size); their prompts are scaled to each photo's frame, then to SAM2's
+    input. SAM2's low-res logits are upsampled bilinearly to each photo's size, so a caller
+    thresholds at full resolution. Returns ([(C, H_i, W_i) logits], scores (B,)).
     """
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    dev = resolve_device(device)
-    sam = build_sam2_model(model_type, checkpoint, dev, image_size=image_size)
-    meta = {
-        "model_type": model_type,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "sam2_image_size": int(sam.image_size),
-        "num_images": len(dataset),
-        "fingerprint": str(getattr(dataset, "fingerprint", "")),
-        "num_classes": int(getattr(dataset, "num_classes", 1)),
-    }
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("complete") and all(old.get(k) == v for k, v in meta.items()):
-            log.info("reusing SAM2 embeddings in %s", out)
-            return out
-    out.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # an interrupted rewrite must not look complete to EmbeddingDataset
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    dtype = autocast_dtype(dev) if amp else None
-    arrays: dict[str, np.ndarray] = {}
-    start = 0
-    with torch.inference_mode():
-        for images, masks in tqdm(loader, desc=f"SAM2 {model_type} embeddings", unit="batch"):
-            with autocast(dev, dtype):
-                feats = encode(sam, images.to(dev))
-            tensors = {"image_embed": feats["image_embed"], "high_res_0": feats["high_res_feats"][0],
-                       "high_res_1": feats["high_res_feats"][1], "masks": masks}
-            if not arrays:
-                for name, t in tensors.items():
-                    np_dtype = np.uint8 if name == "masks" else np.float16
-                    arrays[name] = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np_dtype,
-                                                             shape=(len(dataset), *t.shape[1:]))
-            end = start + images.shape[0]
-            for name, t in tensors.items():
-                arrays[name][start:end] = t.clamp(0, 255).to(torch.uint8).numpy() if name == "masks" \
-                    else t.float().cpu().numpy().astype(np.float16)
-            start = end
-    for a in arrays.values():
-        a.flush()
-    meta.update(complete=True, mask_size=list(arrays["masks"].shape[1:]) if arrays else None)
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp_meta, meta_path)  # written last and atomically: "complete" means every array is there
-    log.info("wrote SAM2 %s embeddings for %d images to %s", model_type, len(dataset), out)
-    return out
-
-
-class EmbeddingDataset(torch.utils.data.Dataset):
-    """Reads an ``embed_dataset`` folder: item i -> ({"image_embed", "high_res_feats": [s0, s1]} fp16, mask long)."""
-
-    def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir)
-        meta_path = self.root / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no SAM2 embeddings in {self.root} (run `foodlab embed` first)")
-        self.meta = json.loads(meta_path.read_text())
-        if not self.meta.get("complete"):
-            raise ValueError(f"SAM2 embeddings in {self.root} are incomplete; run `foodlab embed` again")
-        self.num_classes = self.meta.get("num_classes", 1)
-        self._arrays: dict[str, np.ndarray] | None = None
-
-    def _open(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:  # opened lazily so the dataset pickles cheaply into workers
-            self._arrays = {n: np.load(self.root / f"{n}.npy", mmap_mode="r") for n in (*_ARRAYS, "masks")}
-        return self._arrays
-
-    def __len__(self) -> int:
-        return int(self.meta["num_images"])
-
-    def __getitem__(self, i: int):
-        a = self._open()
-        feats = {"image_embed": torch.from_numpy(np.array(a["image_embed"][i])),
-                 "high_res_feats": [torch.from_numpy(np.array(a["high_res_0"][i])),
-                                    torch.from_numpy(np.array(a["high_res_1"][i]))]}
-        return feats, torch.from_numpy(np.array(a["masks"][i])).long()
+    frames = [tuple(int(d) for d in p.shape[-2:]) for p in photos]
+    if rng is None:  # each photo's prompts seeded alone: a photo's mask does not depend on its batch
+        rng = [np.random.default_rng(0) for _ in photos]
+    features = encode(sam, photos)
+    prompts = prompts_for_batch(masks, num_classes, image_size=sam.image_size, rng=rng, frames=frames,
+                                device=features["image_embed"].device, **prompt_kwargs)
+    low_res, iou = decode(sam, features, prompts)
+    low = assemble_logits(low_res, prompts, len(photos), num_classes).float()
+    logits = [F.interpolate(low[i:i + 1], size=frame, mode="bilinear", align_corners=False)[0]
+              for i, frame in enumerate(frames)]
+    return logits, _image_scores(iou, prompts, len(photos))

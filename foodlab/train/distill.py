@@ -12,97 +12,21 @@ optionally mixed with the ground-truth loss by ``alpha``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from foodlab import devices, tracking
 from foodlab.config import DataConfig, ModelConfig, TrainConfig
+from foodlab.models.sam2_cache import TeacherTargets, teacher_logits
 from foodlab.train.loop import StepFn, TrainResult, train
-from foodlab.train.setup import build_datasets, map_split
 from foodlab.train.losses import segmentation_loss
 from foodlab.train.metrics import predictions
+from foodlab.train.setup import build_datasets, map_split
 
 log = logging.getLogger(__name__)
-
-
-def _teacher_id(teacher: str) -> str:
-    if teacher == "random":
-        return "random"
-    p = Path(teacher)
-    if not p.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {teacher}")
-    st = p.stat()
-    return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-
-
-def teacher_logits(dataset, teacher: str, model_cfg: ModelConfig, cache_dir: str | Path, device: torch.device,
-                   batch_size: int = 2, sam2_image_size: int | None = None, seed: int = 0) -> Path:
-    """Run the SAM2 teacher once over ``dataset``; returns the ``.npy`` of its fp16 logits (N, C, H, W).
-
-    A complete cache for the same dataset fingerprint, teacher, model type, sizes and
-    classes is reused without building SAM2 at all.
-    """
-    meta = {"fingerprint": str(getattr(dataset, "fingerprint", "")), "n": len(dataset),
-            "teacher": _teacher_id(teacher), "model_type": model_cfg.sam2_model_type,
-            "num_classes": model_cfg.num_classes, "sam2_image_size": sam2_image_size, "seed": seed}
-    key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-    out = Path(cache_dir) / f"teacher_{key}"
-    meta_path, logits_path = out / "meta.json", out / "logits.npy"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("complete"):
-        log.info("reusing cached teacher logits in %s", out)
-        return logits_path
-    out.mkdir(parents=True, exist_ok=True)
-    from foodlab.models import FoodDetector
-
-    torch.manual_seed(seed)  # a "random" teacher is the same random teacher every time
-    sam_teacher = FoodDetector(use_lightweight_head=False, sam2_model_type=model_cfg.sam2_model_type,
-                               sam2_checkpoint=None if teacher == "random" else teacher,
-                               num_classes=model_cfg.num_classes, device=device, sam2_image_size=sam2_image_size)
-    sam_teacher.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    dtype = devices.autocast_dtype(device) if device.type != "cpu" else None
-    arr, start = None, 0
-    with torch.inference_mode():
-        for images, masks in tqdm(loader, desc="SAM2 teacher", unit="batch"):
-            with devices.autocast(device, dtype):  # empty masks -> whole-image box prompts
-                logits = sam_teacher(images.to(device), masks=masks.to(device)).float()
-            if arr is None:
-                arr = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16,
-                                                shape=(len(dataset), *logits.shape[1:]))
-            arr[start:start + len(logits)] = logits.clamp(-6e4, 6e4).cpu().numpy().astype(np.float16)
-            start += len(logits)
-    arr.flush()
-    meta_path.write_text(json.dumps({**meta, "complete": True}, indent=2))
-    log.info("cached teacher logits for %d images in %s", len(dataset), out)
-    return logits_path
-
-
-class TeacherTargets(Dataset):
-    """(image, mask, teacher_logits) for each item of ``base``; the logits come from the memmap."""
-
-    def __init__(self, base, logits_path: str | Path):
-        self.base, self.logits_path, self._logits = base, Path(logits_path), None
-        self.fingerprint = getattr(base, "fingerprint", None)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        if self._logits is None:  # opened lazily: pickles cheaply into DataLoader workers
-            self._logits = np.load(self.logits_path, mmap_mode="r")
-        image, mask = self.base[i]
-        return image, mask, torch.from_numpy(np.array(self._logits[i], dtype=np.float32))
-
-    def bad_report(self) -> dict:
-        return self.base.bad_report() if hasattr(self.base, "bad_report") else {}
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, targets: str = "soft",
