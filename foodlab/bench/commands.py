@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 # ``foodlab bench <name>`` -> the benchmark module whose experiment files it runs
 BENCH_NAMES = {"init": "init_time", "throughput": "throughput", "loader": "loader",
-               "precision": "precision", "memory": "memory", "quality": "quality"}
+               "precision": "precision", "memory": "memory", "quality": "quality",
+               "inference": "inference"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

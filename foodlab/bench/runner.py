@@ -44,7 +44,7 @@ from foodlab.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("init_time", "throughput", "loader", "precision", "memory", "quality")
+BENCHMARKS = ("init_time", "throughput", "loader", "precision", "memory", "quality", "inference")
 TOP_KEYS = {"name", "description", "benchmark", "baseline", "candidates", "metrics", "overrides", "scales", "variants"}
 VARIANT_KEYS = {"name", "overrides", "record", "description"}
 
