@@ -103,7 +103,7 @@ def test_ui_on_a_port_in_use_names_the_port(bad_experiments, monkeypatch, capsys
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("FOODLAB_DEBUG", "1")
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):
         main(["train", "--max-steps", "1", "--data", str(tmp_path / "nope"), "--no-progress"])
 
 

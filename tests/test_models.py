@@ -105,7 +105,8 @@ def test_head_on_training_never_builds_sam2(num_classes):
     assert model.device == torch.device("cpu")
     logits = model(torch.rand(2, 3, 64, 64))
     assert logits.shape == (2, num_classes, 64, 64)
-    segmentation_loss(logits, torch.randint(0, num_classes + 1 if num_classes == 1 else num_classes, (2, 64, 64))).backward()
+    ids = torch.randint(0, num_classes + 1 if num_classes == 1 else num_classes, (2, 64, 64))
+    segmentation_loss(logits, ids).backward()
     params = model.trainable_parameters()
     assert params and {id(p) for p in params} == {id(p) for p in model.head.parameters()}
     assert all(p.grad is not None for p in params)

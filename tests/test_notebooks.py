@@ -9,7 +9,8 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-EXPECTED = {"01_dataset_init", "02_training_throughput", "03_memory", "04_train_and_infer", "05_compare_runs"}
+EXPECTED = {"01_dataset_init", "02_training_throughput", "03_memory", "04_train_and_infer", "05_compare_runs",
+            "06_use_best_model"}
 
 
 def test_all_notebooks_are_there():

@@ -103,7 +103,7 @@ def test_predict_writes_masks_at_each_photos_size(tmp_path, head_file, mode, cap
 
 @pytest.mark.slow
 def test_a_photos_sam2_mask_does_not_depend_on_its_batch(head_file):
-    detector = FoodDetector.load_head(head_file, device="cpu", sam2_image_size=SAM_SIZE)
+    detector = FoodDetector.from_head_file(head_file, device="cpu", sam2_image_size=SAM_SIZE)
     photos = [_dish(90, 120, 0), _dish(64, 64, 3)]
     alone = segment(detector, photos[1:], mode="sam2", image_size=64)
     together = segment(detector, photos, mode="sam2", image_size=64)
@@ -114,7 +114,7 @@ def test_a_photos_sam2_mask_does_not_depend_on_its_batch(head_file):
 
 def test_report_counts_images(tmp_path, head_file):
     _photos(tmp_path / "in")
-    detector = FoodDetector.load_head(head_file, device="cpu")
+    detector = FoodDetector.from_head_file(head_file, device="cpu")
     report = predict_folder(detector, tmp_path / "in", tmp_path / "out", mode="lightweight", image_size=64,
                             progress=False)
     assert len(report.written) == 2 and not report.failed and report.images_per_s > 0

@@ -46,7 +46,8 @@ def head_file(tmp_path_factory):
 
 
 def _detector(head_file, sam2_checkpoint=None):
-    return FoodDetector.load_head(head_file, device="cpu", sam2_image_size=SAM_SIZE, sam2_checkpoint=sam2_checkpoint)
+    return FoodDetector.from_head_file(head_file, device="cpu", sam2_image_size=SAM_SIZE,
+                                       sam2_checkpoint=sam2_checkpoint)
 
 
 def _photos(folder: Path) -> list[Path]:
@@ -96,7 +97,8 @@ def test_model_loaded_in_a_fresh_process_gives_foodlab_predicts_masks(tmp_path, 
         assert "foodlab.models.detector" in sys.modules
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     from foodlab.models.pyfunc import decode_mask
 

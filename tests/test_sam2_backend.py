@@ -128,7 +128,7 @@ def test_sam2_inference_returns_masks_of_input_size(num_classes, head_trained):
 def test_full_sam2_paths_never_import_torchvision():
     code = textwrap.dedent("""
         import sys, torch
-        from foodlab.models import FoodDetector
+        from foodlab.models.detector import FoodDetector
         images = torch.rand(1, 3, 64, 64)
         masks = torch.zeros(1, 64, 64, dtype=torch.long); masks[0, 10:40, 10:40] = 1
         train = FoodDetector(use_lightweight_head=False, device="cpu", sam2_image_size=128)
@@ -148,7 +148,7 @@ def test_full_sam2_paths_never_import_torchvision():
 
 @pytest.mark.slow
 def test_embed_command(tmp_path):
-    from foodlab.data import generate_synthetic
+    from foodlab.data.synth import generate_synthetic
     from foodlab.models.commands import add_commands
 
     data = generate_synthetic(tmp_path / "data", n=2, size=64, workers=1)
@@ -243,7 +243,8 @@ def test_photo_logits_match_sam2_predictor(tiny_sam, sam2_predictor):
         real = labels[2:] != -1
         sam2_predictor.set_image(photo)
         ref, ref_iou, _ = sam2_predictor.predict(
-            point_coords=coords[2:][real] if real.any() else None, point_labels=labels[2:][real] if real.any() else None,
+            point_coords=coords[2:][real] if real.any() else None,
+            point_labels=labels[2:][real] if real.any() else None,
             box=coords[:2].reshape(4), multimask_output=False, return_logits=True)
         assert logits[i].shape == (1, h, w)
         np.testing.assert_allclose(logits[i][0].numpy(), ref[0], atol=1e-3, rtol=1e-3)

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from foodlab.bench.settings import scale_config
-from foodlab.bench.throughput import _release_memory
-from foodlab.bench.timing import interleave, summarize
+from foodlab.bench.timing import interleave, release_memory, summarize
 from foodlab.devices import PeakMemory, autocast, autocast_dtype, device_name, resolve_device
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **setting
         dtype = autocast_dtype(dev) if precision == "autocast" else None
         steps[variant] = call(mode, batch, dtype)
         log.info("inference: warming up %s", variant)
-        _release_memory()
+        release_memory()
         with PeakMemory(dev) as mem:
             for _ in range(max(1, cfg["warmup"])):
                 steps[variant]()

@@ -12,14 +12,11 @@ PRECISION_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's instruction-set flags (first ``flags`` line of ``devices.cpuinfo``)."""
+    from foodlab.devices import cpuinfo
+
+    line = next((x for x in cpuinfo().splitlines() if x.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
 
 
 def precision_features(device) -> str:

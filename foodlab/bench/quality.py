@@ -76,8 +76,8 @@ def _step_times(cfg: dict, variants: list[str], dev) -> dict[str, dict]:
 
 def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **settings) -> list[dict]:
     from foodlab.devices import resolve_device
+    from foodlab.train.build import sam2_decoder_setup
     from foodlab.train.loop import train
-    from foodlab.train.setup import sam2_decoder_setup
 
     cfg = scale_config("quality", SCALES, scale, settings, DEFAULTS)
     unknown = [v for v in variants if v not in VARIANTS]

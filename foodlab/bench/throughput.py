@@ -19,8 +19,6 @@ over each variant's warm-up steps, one variant after another before the timed ro
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import time
 
@@ -29,7 +27,7 @@ import torch
 
 from foodlab.bench.compare import spread
 from foodlab.bench.settings import scale_config
-from foodlab.bench.timing import interleave, summarize, synthetic_batch, train_step
+from foodlab.bench.timing import interleave, release_memory, summarize, synthetic_batch, train_step
 from foodlab.devices import PeakMemory, autocast, autocast_dtype, device_name, resolve_device
 
 log = logging.getLogger(__name__)
@@ -50,14 +48,6 @@ SCALES = {
                  head_settings=HEAD_SETTINGS, sam2_settings=SAM2_SETTINGS),
 }
 DEFAULTS = {"num_classes": 1, "sam2_model_type": "tiny", "seed": 0}
-
-
-def _release_memory() -> None:
-    gc.collect()
-    try:  # glibc keeps freed heap mapped; hand it back so RSS deltas are per variant
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _build(variant: str, cfg: dict, dev: torch.device, images: torch.Tensor, masks: torch.Tensor, dtype):
@@ -98,7 +88,7 @@ def prepare_variant(variant: str, precision: str, memory_format: str, cfg: dict,
     step = train_step(model, x, y, dev, amp_dtype=dtype, channels_last=memory_format == "channels_last", lr=1e-4,
                       forward=step_forward)
     losses: list[float] = []
-    _release_memory()
+    release_memory()
     with PeakMemory(dev) as mem:
         for _ in range(max(1, cfg["warmup"])):
             losses.append(float(step()))

@@ -19,6 +19,8 @@ to logits, with optional autocast and channels_last.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import time
 from typing import Callable, Mapping
 
@@ -28,6 +30,16 @@ from foodlab.bench.compare import spread
 from foodlab.devices import autocast, needs_grad_scaler, synchronize
 
 Step = Callable[[], object]
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc keeps it mapped), so the next
+    variant's RSS-based peak memory is its own, not the previous variant's leftovers."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def synced_clock(device: torch.device) -> Callable[[], float]:

@@ -32,7 +32,7 @@ class DecodedCache:
         self._create()
 
     @classmethod
-    def for_dataset(cls, ds, base: str | Path | None = None) -> "DecodedCache":
+    def for_dataset(cls, ds, base: str | Path | None = None) -> DecodedCache:
         base = Path(base) if base is not None else default_cache_root() / "decoded"
         # the _v suffix names the label mapping: bumped when it changes, so labels stored under an
         # older mapping are never served

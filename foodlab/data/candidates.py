@@ -25,7 +25,7 @@ class Names:
         self.blob, self.starts = blob, starts        # starts has len + 1 entries
 
     @classmethod
-    def from_list(cls, names: list[str]) -> "Names":
+    def from_list(cls, names: list[str]) -> Names:
         blob = "\n".join(names).encode("utf-8", "surrogateescape") + b"\n"
         ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 10) if names else np.zeros(0, np.int64)
         return cls(blob, np.concatenate([[0], ends + 1]).astype(np.int64))

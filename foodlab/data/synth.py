@@ -18,7 +18,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -35,7 +35,7 @@ TEST_FRACTION = 0.2        # foodseg103 layout: the last 20% of indices go to te
 _SHAPES = ("blob", "polygon", "sticks", "cluster", "egg")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _noise_tile(scale: int, size: int = 1024) -> np.ndarray:
     """A fixed float32 noise tile in ~[-1, 1] (same in every process): crops of it texture surfaces."""
     rng = np.random.default_rng(1234 + scale)
@@ -52,7 +52,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
     return tile[y:y + h, x:x + w]
 
 
-@lru_cache(maxsize=None)
+@cache
 def class_style(c: int) -> dict:
     """The fixed look of food class ``c`` (1-based): colour, texture scale/strength, shape family."""
     rng = np.random.default_rng([99, c])

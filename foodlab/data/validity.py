@@ -181,7 +181,7 @@ def summarize_reasons(skipped: list[tuple[str, str]], examples: int = 3) -> str:
     return "; ".join(parts)
 
 
-def check_bad_fraction(index: "Index", root) -> None:
+def check_bad_fraction(index: Index, root) -> None:
     """Raise DatasetError when ``index`` kept nothing, or skipped more than BAD_FRACTION_LIMIT of the images."""
     n_bad = index.n_found - len(index.samples)
     if len(index.samples) == 0:

@@ -76,7 +76,8 @@ def load_for_predict(args):
         return loaded.detector, args.image_size or loaded.image_size
     from foodlab.models.detector import FoodDetector
 
-    return FoodDetector.from_head_file(args.weights, sam2_model_type=args.sam2_model_type or "tiny", **sam2), args.image_size or 512
+    detector = FoodDetector.from_head_file(args.weights, sam2_model_type=args.sam2_model_type or "tiny", **sam2)
+    return detector, args.image_size or 512
 
 
 def run_predict(args) -> int:

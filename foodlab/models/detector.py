@@ -89,7 +89,7 @@ class FoodDetector(nn.Module):
         """Whether SAM2 exists yet: the head-on path never builds it for training or lightweight predictions."""
         return self._sam is not None
 
-    def train(self, mode: bool = True) -> "FoodDetector":
+    def train(self, mode: bool = True) -> FoodDetector:
         super().train(mode)
         if self._sam is not None and self.use_lightweight_head:
             self._sam.eval()  # inference-only SAM2 stays in eval
@@ -167,14 +167,14 @@ class FoodDetector(nn.Module):
         return ckpt
 
     @classmethod
-    def from_head_file(cls, path: str | Path, **kwargs) -> "FoodDetector":
+    def from_head_file(cls, path: str | Path, **kwargs) -> FoodDetector:
         """A detector whose head matches the file (name, classes) with its weights; kwargs go to ``__init__``."""
         ckpt = cls._read_head(path)
         detector = cls(head=ckpt["head"], num_classes=int(ckpt["num_classes"]), **kwargs)
         detector._load_head_state(ckpt)
         return detector
 
-    def load_head(self, path: str | Path) -> "FoodDetector":
+    def load_head(self, path: str | Path) -> FoodDetector:
         """Load head weights into this detector; the file must hold the same head and number of classes."""
         ckpt = self._read_head(path)
         if (ckpt["head"], int(ckpt["num_classes"])) != (self.head_name, self.num_classes):

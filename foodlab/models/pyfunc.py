@@ -114,7 +114,8 @@ class FoodlabModel(mlflow.pyfunc.PythonModel):
         if checkpoint and not Path(checkpoint).is_file():
             raise FoodlabError(f"this model references the SAM2 checkpoint {checkpoint}, which is not on this machine;"
                                " copy it there or load with model_config={'sam2_checkpoint': PATH}")
-        self.detector = FoodDetector.from_head_file(context.artifacts["head"], sam2_model_type=cfg.get("sam2_model_type", "tiny"),
+        self.detector = FoodDetector.from_head_file(context.artifacts["head"],
+                                                    sam2_model_type=cfg.get("sam2_model_type", "tiny"),
                              sam2_checkpoint=checkpoint or None, device=cfg.get("device", "auto"),
                              sam2_image_size=cfg.get("sam2_image_size"))
         self.detector.eval()

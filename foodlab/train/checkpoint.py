@@ -128,7 +128,7 @@ class StopOnSignal:
         log.warning("received %s: saving a checkpoint at the next step boundary, then stopping",
                     signal.Signals(signum).name)
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)

@@ -35,7 +35,7 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device_kind: str) -> "Dist":
+    def from_env(cls, device_kind: str) -> Dist:
         """Join the process group when launched by torchrun; a plain process stays single."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1 or "RANK" not in os.environ:

@@ -52,7 +52,7 @@ class RunFolder:
         (self.path / ".lock.owner").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
     @classmethod
-    def create(cls, out_dir: str | Path, experiment: str, run_name: str | None, run_id: str | None) -> "RunFolder":
+    def create(cls, out_dir: str | Path, experiment: str, run_name: str | None, run_id: str | None) -> RunFolder:
         """A new folder named for people: run name (or the UTC start time) and the MLflow run id's first 8 chars."""
         stem = run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         name = f"{stem}-{run_id[:8]}" if run_id else stem
@@ -110,7 +110,7 @@ class RunFolder:
             (self.path / ".lock.owner").unlink(missing_ok=True)
             self._lock.release()
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
