@@ -96,9 +96,10 @@ class FoodSegDataset(torch.utils.data.Dataset):
     other id); C > 1 keeps ids 0..C-1 and maps larger ids to IGNORE_INDEX (255) — for synthetic data
     made with ``classes=8`` use ``num_classes=9``. Pixels that are IGNORE_INDEX in the mask file stay
     IGNORE_INDEX in either mode: they mark "unknown", which the loss and the metrics skip, not food.
-    Images are squashed to ``image_size`` squared (area/bilinear), masks resized nearest-neighbour.
-    ``cache``: a folder (or True for the default) for the decoded cache (``cache.py``). ``rescan=True`` ignores an existing manifest. ``verify=True`` runs the content
-    check on every file now (an open and a read per file) instead of as each is loaded.
+    Images are squashed to ``image_size`` squared (area/bilinear), masks resized nearest-neighbour. ``cache``: a
+    folder (or True for the default) for the decoded cache (``cache.py``). ``rescan=True`` ignores an existing
+    manifest. ``verify=True`` runs the content check on every file now (an open and a read per file) instead of as
+    each is loaded.
     """
 
     def __init__(self, root, split: str | None = None, layout: str = "auto", index: str = "manifest",

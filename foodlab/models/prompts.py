@@ -104,11 +104,11 @@ def prompts_for_batch(masks: torch.Tensor, num_classes: int, image_size: int,
                       **kwargs) -> dict:
     """Prompts for a batch of class-id masks (B, H, W), scaled to SAM2's square input of ``image_size``.
 
-    ``rng``: one generator for the batch, or one per image (then an image's prompts do not
-    depend on the other images in its batch). ``frames``: each image's (height, width) when SAM2
-    sees a photo of another size than the mask (inference: the head runs smaller). A mask pixel's centre is mapped to the photo's
-    frame (a box covers its pixels' extent, a point sits at its pixel's centre), then to SAM2's
-    input as SAM2's ``transform_coords`` does (x / W * image_size).
+    ``rng``: one generator for the batch, or one per image (then an image's prompts do not depend on the other
+    images in its batch). ``frames``: each image's (height, width) when SAM2 sees a photo of another size than the
+    mask (inference: the head runs smaller). A mask pixel's centre is mapped to the photo's frame (a box covers its
+    pixels' extent, a point sits at its pixel's centre), then to SAM2's input as SAM2's ``transform_coords`` does (x
+    / W * image_size).
     Returns coords (N, 2 + P, 2) float32 (box corners first, as the predictor does), labels
     (N, 2 + P) int32 with any padding (-1) trailing, image_index (N,) and class_index (N,)
     long tensors (class -1: no class).
