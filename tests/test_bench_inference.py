@@ -52,8 +52,8 @@ def test_bench_inference_runs_the_inference_file(monkeypatch):
         raise Picked(path.stem)  # stop before measuring: only which file it picked matters here
 
     monkeypatch.setattr(runner, "run_experiment", fake_run_experiment)
-    with pytest.raises(Picked, match="^inference$"):
-        main(["bench", "inference", "--scale", "smoke", "--no-mlflow"])
+    with pytest.raises(Picked, match="^inference$"):   # --debug: cli.main lets the exception through
+        main(["bench", "inference", "--scale", "smoke", "--no-mlflow", "--debug"])
 
 
 @pytest.mark.slow

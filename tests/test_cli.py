@@ -22,16 +22,20 @@ def _closed_port() -> int:
 @pytest.fixture
 def bad_experiments(tmp_path):
     (tmp_path / "unknown_override.yaml").write_text(
-        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest]\nmetrics: [init_s]\n"
-        "variants: [decode, manifest]\nscales: {smoke: {nn: 3}}\n")
+        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest_first_open]\nmetrics: [init_s]\n"
+        "variants: [decode, manifest_first_open]\nscales: {smoke: {nn: 3}}\n")
     (tmp_path / "wrong_type.yaml").write_text(
-        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest]\nmetrics: [init_s]\n"
-        "variants: [decode, manifest]\nscales: {smoke: {n: many}}\n")
+        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest_first_open]\nmetrics: [init_s]\n"
+        "variants: [decode, manifest_first_open]\nscales: {smoke: {n: many}}\n")
     (tmp_path / "unknown_metric.yaml").write_text(
-        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest]\nmetrics: [init_seconds]\n"
-        "variants: [decode, manifest]\n")
+        "benchmark: init_time\nbaseline: decode\ncandidates: [manifest_first_open]\nmetrics: [init_seconds]\n"
+        "variants: [decode, manifest_first_open]\n")
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "dish.jpg"), np.full((16, 16, 3), 128, np.uint8))
     return tmp_path
 
 
@@ -51,7 +55,9 @@ def _cases(tmp):
         ("val fraction 0", [*train, "--val-fraction", "0"], {}, 2, "val"),
         ("missing data folder", [*train, "--data", str(tmp / "nope")], {}, 2, "nope"),
         ("unwritable out dir", [*train, "--out-dir", str(tmp / "afile" / "runs")], {}, 2, "afile"),
-        ("missing predict input", ["predict", str(tmp / "nope.jpg"), "--weights", str(tmp / "w.pt"),
+        ("missing predict weights", ["predict", str(tmp / "dish.jpg"), "--weights", str(tmp / "w.pt"),
+                                     "--out", str(tmp / "out")], {}, 2, "w.pt"),
+        ("missing predict input", ["predict", str(tmp / "nope.jpg"), "--model", "runs:/0123/model",
                                    "--out", str(tmp / "out")], {}, 2, "nope"),
         ("missing data info root", ["data", "info", str(tmp / "nope")], {}, 2, "nope"),
         ("unknown override key", ["run", str(tmp / "unknown_override.yaml"), "--scale", "smoke", "--no-mlflow"],
@@ -98,12 +104,14 @@ def test_ui_on_a_port_in_use_names_the_port(bad_experiments, monkeypatch, capsys
         port = busy.getsockname()[1]
         got = main(["ui", "--port", str(port)])
     err = capsys.readouterr().err
-    assert got == 1 and str(port) in err and "Traceback" not in err
+    assert got == 2 and str(port) in err and "Traceback" not in err   # a port the user picked: usage
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from foodlab.errors import UsageError
+
     monkeypatch.setenv("FOODLAB_DEBUG", "1")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UsageError):
         main(["train", "--max-steps", "1", "--data", str(tmp_path / "nope"), "--no-progress"])
 
 

@@ -81,8 +81,9 @@ def load_for_predict(args):
 
 
 def run_predict(args) -> int:
-    from foodlab.models.predict import predict_folder
+    from foodlab.models.predict import image_paths, predict_folder
 
+    image_paths(args.input)   # a missing input is named before a model is loaded
     detector, image_size = load_for_predict(args)
     report = predict_folder(detector, args.input, args.out, mode=args.mode, image_size=image_size,
                             batch_size=args.batch_size, num_workers=args.num_workers)
