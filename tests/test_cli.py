@@ -9,14 +9,9 @@ from __future__ import annotations
 import socket
 
 import pytest
+from loopback import free_port
 
 from foodlab.cli import main
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -40,7 +35,7 @@ def bad_experiments(tmp_path):
 
 
 def _cases(tmp):
-    dead = f"http://127.0.0.1:{_closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     train = ["train", "--max-steps", "1", "--no-progress"]
     return [
         # (id, argv, env, expected exit code, words the message must contain)

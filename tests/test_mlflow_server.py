@@ -3,37 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from loopback import free_port, wait_until_answering
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s} s")
 
 
 def api(url: str, path: str, payload: dict | None = None, query: str = "") -> dict:
@@ -56,7 +35,7 @@ def mlflow_server(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
     )
     try:
-        wait_healthy(url, proc)
+        wait_until_answering(url + "/health", proc, what="mlflow server", timeout_s=90)
         yield url
     finally:
         proc.terminate()

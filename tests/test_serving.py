@@ -9,10 +9,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from loopback import free_port, wait_until_answering
 
 from foodlab import tracking
 from foodlab.data.dataset import read_image
@@ -30,26 +29,6 @@ from foodlab.models.predict import segment
 REPO = Path(__file__).resolve().parents[1]
 SAM_SIZE, HEAD_SIZE = 128, 64
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise TimeoutError(f"model server at {url} not ready after {timeout_s} s: {log_path.read_text()[-3000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -94,7 +73,7 @@ def test_served_champion_answers_like_local_predict(tmp_path):
     cv2.imwrite(str(jpeg_path), photo)
     rgb = read_image(jpeg_path)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -105,7 +84,7 @@ def test_served_champion_answers_like_local_predict(tmp_path):
                                  "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_ready(url, proc, log_path)
+            wait_until_answering(url + "/ping", proc, what="mlflow models serve", timeout_s=180, log_path=log_path)
             for mode in ("lightweight", "sam2"):
                 served = _invoke(url, jpeg_path.read_bytes(), mode)
                 local_mask, local_score = segment(detector, [rgb], mode=mode, image_size=HEAD_SIZE)[0]
