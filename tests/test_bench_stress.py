@@ -48,3 +48,14 @@ def test_bench_stress_command_prints_the_side_by_side_table(fake_bench, monkeypa
     assert main(["bench", "stress", "--scale", "smoke", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "under hog" in out and "demo: images_per_s (slow -> fast)" in out
+
+
+def test_the_hog_counts_as_other_processes_load():
+    """The hog stands in for other people's work: the load monitor must see it as such, not as ours."""
+    from foodlab.bench.noise import LoadMonitor
+
+    with stress.CpuHog(processes=1, max_s=30):
+        with LoadMonitor(before_sample_s=0) as monitor:
+            import time
+            time.sleep(1.5)
+    assert monitor.load.other_cores_during > 0.3, monitor.load
