@@ -271,3 +271,26 @@ def test_train_help_documents_config_and_resume():
     proc = subprocess.run([sys.executable, "-m", "foodlab", "train", "--help"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert "--config FILE" in proc.stdout and "--resume [RUN]" in proc.stdout
+
+
+@pytest.mark.slow
+def test_train_register_promote_and_predict_by_alias(tmp_path):
+    """The chain a user runs after comparing runs: train --register, models promote, predict --model."""
+    import cv2
+    import numpy as np
+
+    trained = run_cli(["train", *TINY, "--epochs", "1", "--experiment", "reg", "--register", "food"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    tracking.configure()
+    (version,) = tracking.model_versions("food")
+    (run_row,) = tracking.search_runs(["reg"]).to_dict("records")
+    assert version["run_id"] == run_row["run_id"]
+
+    promoted = run_cli(["models", "promote", "food"], tmp_path)
+    assert promoted.returncode == 0 and "champion" in promoted.stdout, promoted.stderr[-3000:]
+    cv2.imwrite(str(tmp_path / "dish.jpg"), np.full((40, 60, 3), 150, np.uint8))
+    predicted = run_cli(["predict", "dish.jpg", "--model", "models:/food@champion", "--mode", "lightweight",
+                         "--out", "out", "--num-workers", "0"], tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    mask = cv2.imread(str(tmp_path / "out" / "dish_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (40, 60)

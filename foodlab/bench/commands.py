@@ -26,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 def _device_and_scale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: the best available (cuda > mps > cpu)")
     p.add_argument("--scale", default="default", choices=SCALES,
-                   help="smoke: seconds (tests); default: the ~10 min suite on a 2-core CPU; full: real sizes")
+                   help="smoke: seconds (tests); default: the ~14 min suite on a 2-core CPU; full: real sizes")
 
 
 def add_commands(sub) -> None:
