@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_message(message: str) -> str:
+    """The original message of an error torch re-raised from a DataLoader worker ("Caught X in DataLoader
+    worker process N. Original Traceback ...": the last traceback line is "module.X: message")."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = message.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def describe(exc: BaseException) -> tuple[int, str]:
     """(exit code, message) for an exception that reached the command line.
 
@@ -72,7 +81,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
     Anything else is a bug, named as such.
     """
     if isinstance(exc, FoodlabError):
-        return exc.exit_code, str(exc)
+        return exc.exit_code, _worker_message(str(exc))
     if isinstance(exc, ValueError):
         return 2, str(exc)
     if isinstance(exc, OSError):

@@ -71,13 +71,18 @@ def cpuinfo() -> str:
         return ""
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (the first ``flags`` line of ``cpuinfo``)."""
+    line = next((x for x in cpuinfo().splitlines() if x.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
 def default_amp(device: torch.device) -> bool:
     """Autocast on where the device runs reduced precision natively (CPU: only with bf16 instructions)."""
     device = resolve_device(device)
     if device.type != "cpu":
         return autocast_dtype(device) is not None
-    flags = cpuinfo()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -142,14 +142,20 @@ def start_run(
     FAILED on an error, so a run that died is never shown as a finished one.
     """
     exp_id = get_or_create_experiment(experiment)
-    run = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=None if run_id else exp_id,
-        run_name=None if run_id else run_name,
-        nested=nested,
-        tags=dict(tags or {}),
-        log_system_metrics=log_system_metrics,
-    )
+    try:
+        run = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else exp_id,
+            run_name=None if run_id else run_name,
+            nested=nested,
+            tags=dict(tags or {}),
+            log_system_metrics=log_system_metrics,
+        )
+    except MlflowException as exc:
+        if run_id is None:
+            raise
+        raise TrackingUnavailable(f"MLflow run {run_id} is not in the tracking store {mlflow.get_tracking_uri()}; "
+                                  "set MLFLOW_TRACKING_URI to the store it was logged to") from exc
     try:
         yield run
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -239,18 +245,15 @@ CHAMPION = "champion"  # the alias users load: models:/NAME@champion
 MODEL_TAG = "foodlab.model"  # run tag naming the artifact path of the MLflow Model the run logged
 
 
-def lower_is_better(metric: str) -> bool:
-    """Losses and errors shrink as models improve; every other metric (miou, accuracy, ...) grows."""
-    return any(word in metric.lower() for word in ("loss", "error", "time"))
-
-
 def best_run(experiment: str, metric: str = "val_miou", with_model: bool = True) -> dict[str, Any] | None:
     """The finished run of ``experiment`` with the best ``metric`` (a ``search_runs`` row as a dict), or None.
 
     ``with_model``: only runs that logged an MLflow Model (tagged ``MODEL_TAG``), the ones a
     registry can take; the row's ``model_uri`` is then ``runs:/<run id>/<artifact path>``.
     """
-    order = "ASC" if lower_is_better(metric) else "DESC"
+    from foodlab.metric_names import higher_is_better
+
+    order = "DESC" if higher_is_better(metric) else "ASC"
     where = f"tags.`{MODEL_TAG}` != ''" if with_model else ""
     runs = search_runs([experiment], filter_string=where, order_by=[f"metrics.`{metric}` {order}"], max_results=50)
     column = f"metrics.{metric}"
@@ -300,7 +303,9 @@ def promote(name: str, *, metric: str = "val_miou", version: str | int | None = 
         scored = [v for v in versions if metric in v["metrics"]]
         if not scored:
             raise UsageError(f"no version of {name!r} has a run that logged {metric!r}; pick one with --version")
-        pick = min if lower_is_better(metric) else max
+        from foodlab.metric_names import higher_is_better
+
+        pick = max if higher_is_better(metric) else min
         version = pick(scored, key=lambda v: v["metrics"][metric])["version"]
     elif str(version) not in {v["version"] for v in versions}:
         raise UsageError(f"{name!r} has no version {version} (versions: {', '.join(v['version'] for v in versions)})")

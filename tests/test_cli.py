@@ -120,3 +120,28 @@ def test_unexpected_errors_are_named_as_such(monkeypatch, capsys):
     assert main(["data", "info", "x"]) == 1
     err = capsys.readouterr().err
     assert "unexpected KeyError" in err and "--debug" in err and "Traceback" not in err
+
+
+def test_an_error_raised_in_a_dataloader_worker_prints_its_own_message(monkeypatch, capsys):
+    """torch re-raises a worker's exception as type(exc)(message with the worker's traceback)."""
+    import foodlab.data.commands as data_commands
+    from foodlab.data.validity import DatasetError
+
+    def from_worker(args):
+        raise DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1, in f\nfoodlab.data.validity.DatasetError: "
+                           "data: 9 of the 12 images seen so far are bad")
+    monkeypatch.setattr(data_commands, "_info", from_worker)
+    monkeypatch.delenv("FOODLAB_DEBUG", raising=False)
+    assert main(["data", "info", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "foodlab data: error: data: 9 of the 12 images seen so far are bad"
+
+
+def test_a_bad_sample_rebuilt_from_one_string_is_a_dataset_error():
+    from foodlab.data.dataset import BadSample
+    from foodlab.data.validity import DatasetError
+
+    again = BadSample("a.jpg: truncated JPEG")   # how torch re-raises it from a worker
+    assert isinstance(again, DatasetError) and str(again) == "a.jpg: truncated JPEG"
+    assert BadSample("a.jpg", "truncated JPEG").path == "a.jpg"

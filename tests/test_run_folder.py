@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -72,3 +73,13 @@ def test_a_damaged_last_pt_without_a_previous_one_is_an_error_naming_it(tmp_path
     (path / "last.pt").write_bytes(b"")
     with RunFolder(path) as folder, pytest.raises(CheckpointDamaged, match="last.pt is damaged"):
         folder.load_last()
+
+
+def test_a_checkpoint_stopped_between_its_two_renames_is_not_lost(tmp_path):
+    """save_checkpoint renames last.pt -> previous.pt, then last.pt.new -> last.pt: a kill in between
+    leaves the newest checkpoint as last.pt.new, which the resume must use."""
+    path = _run_with_checkpoints(tmp_path, "exp", "r", steps=(1, 2, 3))
+    os.replace(path / "last.pt", path / "last.pt.new")
+    with RunFolder(path) as folder:
+        assert folder.load_last()["step"] == 3
+        assert folder.last.exists() and not (path / "last.pt.new").exists()

@@ -83,3 +83,15 @@ def test_resume_conflicts_name_each_difference():
     assert "--image-size 64 (run: 32)" in text and "--batch-size 4 (run: 2)" in text and "--epochs 2" in text
     assert "--lr" not in text and "--head" not in text and "workers" not in text
     assert resume_conflicts(saved, configs({"image_size": 32}, train={"batch_size": 2, "epochs": 9})) == []
+
+
+def test_resume_refuses_a_change_of_what_trains():
+    from foodlab.config import as_dict
+
+    saved = {"data": as_dict(DataConfig()), "model": as_dict(ModelConfig(use_lightweight_head=False)),
+             "train": as_dict(TrainConfig())}
+    current = {"data": as_dict(DataConfig()),
+               "model": as_dict(ModelConfig(use_lightweight_head=False, freeze_image_encoder=True)),
+               "train": as_dict(TrainConfig(sam2_cached_embeddings=True))}
+    text = " ".join(resume_conflicts(saved, current))
+    assert "--freeze-image-encoder" in text and "--sam2-cached-embeddings" in text

@@ -131,3 +131,20 @@ def test_a_run_that_dies_is_not_finished(error, status):
     with tracking.start_run("foodlab-dies") as ok:
         pass
     assert tracking.get_run(ok.info.run_id).info.status == "FINISHED"
+
+
+def test_resuming_a_run_this_store_does_not_have_names_the_store():
+    from foodlab.tracking import TrackingUnavailable
+
+    tracking.configure()
+    with pytest.raises(TrackingUnavailable, match="not in the tracking store"):
+        with tracking.start_run("exp", run_id="0123456789abcdef0123456789abcdef"):
+            pass
+
+
+def test_the_registry_and_the_reports_agree_on_which_way_is_better():
+    from foodlab.metric_names import higher_is_better
+
+    assert higher_is_better("val_miou") and higher_is_better("images_per_s") and higher_is_better("val_dice")
+    assert not higher_is_better("peak_memory_mb") and not higher_is_better("epoch_s")
+    assert not higher_is_better("val_loss") and not higher_is_better("step_time_median_s")

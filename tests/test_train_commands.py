@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from loopback import free_port
 
 from foodlab import tracking
 from foodlab.config import ModelConfig, TrainConfig
@@ -140,10 +140,7 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(e2e, monkeypatch):
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")   # nobody listens there
     monkeypatch.setenv("FOODLAB_CACHE", str(tmp_path / "cache"))
     t0 = time.perf_counter()
     proc = run_cli(["train", *TINY, "--epochs", "1", "--out-dir", "runs"], tmp_path, timeout=120)

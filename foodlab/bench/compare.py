@@ -12,8 +12,8 @@ import math
 import statistics
 from typing import Any, Sequence
 
-HIGHER_IS_BETTER = ("_per_s", "largest_batch")  # name endings
-QUALITY_WORDS = ("miou", "dice", "pixel_acc", "accuracy", "speedup")  # anywhere in the name
+from foodlab.metric_names import higher_is_better
+
 # a variant whose p10-p90 spans more than this share of its median, or a ratio interval wider than
 # this share of the ratio, is too unsteady to call a finding
 NOISY_RELATIVE_SPREAD = 0.25
@@ -22,10 +22,6 @@ NOISY_RELATIVE_SPREAD = 0.25
 def is_timing(metric: str) -> bool:
     """Times and rates move with the machine's load; bytes, steps and mIoU do not."""
     return metric.endswith(("_s", "_per_s"))
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric.endswith(HIGHER_IS_BETTER) or any(w in metric for w in QUALITY_WORDS)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -1,8 +1,8 @@
 """Dataset init time: decode vs stat vs manifest (first open, re-open), side by side on the same files.
 
-``manifest_first_open`` lists the folders and writes the manifest; each file's integrity check
-then runs when the file is loaded. ``manifest_verify`` is a first open that checks every file's
-size and end marker up front (``verify=True``), what a first open cost before the check moved.
+``manifest_first_open`` lists the folders and writes the manifest; each file's content check
+(``data/validity.py``) then runs when the file is loaded. ``manifest_verify`` is a first open that
+runs that check on every file up front (``verify=True``: every file read once).
 
 All five are timed in this one process on one synthetic dataset, in interleaved rounds
 (``foodlab.bench.timing.interleave``: every strategy once per round), after a warm-up pass that

@@ -11,14 +11,6 @@ import os
 PRECISION_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags (first ``flags`` line of ``devices.cpuinfo``)."""
-    from foodlab.devices import cpuinfo
-
-    line = next((x for x in cpuinfo().splitlines() if x.startswith("flags")), "")
-    return set(line.split(":", 1)[1].split()) if ":" in line else set()
-
-
 def precision_features(device) -> str:
     """'cuda sm_90', 'mps', or the precision-relevant CPU flags present ('none' when none are)."""
     import torch
@@ -29,6 +21,8 @@ def precision_features(device) -> str:
         return f"cuda sm_{major}{minor}"
     if device.type == "mps":
         return "mps"
+    from foodlab.devices import cpu_flags
+
     flags = cpu_flags()
     return ",".join(f for f in PRECISION_FLAGS if f in flags) or "none"
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import torch
 
 from foodlab.bench.compare import spread
@@ -70,11 +69,11 @@ def _build(variant: str, cfg: dict, dev: torch.device, images: torch.Tensor, mas
     with torch.no_grad(), autocast(dev, dtype):
         feats = sam2_backend.encode(sam, images)
     feats = {"image_embed": feats["image_embed"].half(), "high_res_feats": [f.half() for f in feats["high_res_feats"]]}
-    sam2_backend.set_trainable(sam, image_encoder=False, cached_features=True)
+    from foodlab.train.build import SAM2Decoder  # what `foodlab train --sam2-cached-embeddings` trains
+
     sam.image_encoder = None
-    sam.train()
-    rng = np.random.default_rng(0)
-    return sam, lambda x, y: sam2_backend.decoder_logits(sam, feats, y, cfg["num_classes"], rng=rng)
+    decoder = SAM2Decoder(sam, cfg["num_classes"], seed=0).train()
+    return decoder, lambda x, y: decoder(feats, y)
 
 
 def prepare_variant(variant: str, precision: str, memory_format: str, cfg: dict, dev, images, masks) -> dict:

@@ -47,21 +47,16 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     import collections
-    import sys
     import time
 
     from foodlab.data.index import build_index
-    from foodlab.data.layouts import LayoutError, resolve_layout
-    from foodlab.data.validity import DatasetError, check_bad_fraction
+    from foodlab.data.layouts import resolve_layout
+    from foodlab.data.validity import check_bad_fraction
 
-    try:
-        layout = resolve_layout(args.root, args.layout, args.split)
-        start = time.perf_counter()
-        index = build_index(layout, args.index, rescan=args.rescan, check_bad=False, verify=args.verify)
-        secs = time.perf_counter() - start
-    except (LayoutError, DatasetError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    layout = resolve_layout(args.root, args.layout, args.split)   # errors: one line from cli.main
+    start = time.perf_counter()
+    index = build_index(layout, args.index, rescan=args.rescan, check_bad=False, verify=args.verify)
+    secs = time.perf_counter() - start
     print(f"root:     {layout.root}")
     print(f"layout:   {layout.name}" + (" (mask class id in the red channel)" if layout.mask_channel else ""))
     for fp in layout.folders:
@@ -81,9 +76,5 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {path}: {reason}")
     if len(index.skipped) > 50:
         print(f"  ... and {len(index.skipped) - 50} more")
-    try:
-        check_bad_fraction(index, layout.root)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_bad_fraction(index, layout.root)   # mostly bad: DatasetError, exit 1 with the reasons
     return 0

@@ -43,10 +43,13 @@ MAX_RESAMPLE_TRIES = 20
 MIN_LOADED_FOR_FRACTION = 200   # samples loaded before loading judges the bad fraction by itself (or all of them)
 
 
-class BadSample(Exception):
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
+class BadSample(DatasetError):
+    """One unusable file, with why. A DatasetError, so it reaches the command line as one line; one-argument
+    construction is what torch uses to re-raise it from a DataLoader worker."""
+
+    def __init__(self, path: str, reason: str | None = None):
+        super().__init__(f"{path}: {reason}" if reason is not None else str(path))
+        self.path, self.reason = (str(path), reason) if reason is not None else ("", str(path))
 
 
 def _read_checked(path: str, flags: int, what: str) -> np.ndarray:

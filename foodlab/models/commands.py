@@ -1,4 +1,5 @@
-"""`foodlab predict` (masks + overlays for your own photos) and `foodlab embed` (SAM2 embeddings cache)."""
+"""`foodlab predict` (masks + overlays for your own photos), `foodlab embed` (SAM2 embeddings cache) and
+`foodlab models promote|list` (the MLflow model registry)."""
 from __future__ import annotations
 
 import argparse

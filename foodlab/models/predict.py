@@ -2,7 +2,7 @@
 
 ``segment`` is the one inference path, shared by ``foodlab predict`` and the MLflow Model
 (``pyfunc.py``), so both give the same masks. The head runs at its training size; in
-``sam2`` mode SAM2 sees the photo itself (see ``sam2_backend.photo_logits``), prompted from
+``sam2`` mode SAM2 sees the photo itself (see ``sam2_backend.photo_masks``), prompted from
 the head's mask, and its logits are thresholded at the photo's size. A photo's prompts are
 seeded on their own, so its mask does not depend on the batch it came in.
 
@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from foodlab.atomic import atomic_write
 from foodlab.data.dataset import BadSample, read_image
+from foodlab.data.layouts import IMAGE_EXTS
 from foodlab.errors import FoodlabError, UsageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = set(IMAGE_EXTS)
 MODES = ("sam2", "lightweight")
 
 

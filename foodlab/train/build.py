@@ -4,6 +4,7 @@ uses (distillation, benchmarks) call them to hand ``train`` their own datasets/m
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -90,11 +91,15 @@ def sam2_decoder_setup(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: 
     from foodlab.models.sam2_backend import build_sam2_model
     from foodlab.models.sam2_cache import EmbeddingDataset, embed_dataset
 
+    if data_cfg.augment:   # embeddings are computed once per image: a random flip would be baked into the cache
+        log.warning("SAM2 decoder on cached embeddings: turning data augmentation off")
+        data_cfg = dataclasses.replace(data_cfg, augment=False)
     train_ds, val_ds, full = build_datasets(data_cfg, train_cfg.val_fraction, train_cfg.seed)
     root = Path(train_cfg.out_dir) / "sam2_embeddings"
 
     def embedded(ds):
-        key = f"{getattr(ds, 'fingerprint', 'data')}_{getattr(ds, 'split', None)}_{model_cfg.sam2_model_type}"
+        key = (f"{getattr(ds, 'fingerprint', 'data')}_{getattr(ds, 'split', None)}_s{data_cfg.image_size}"
+               f"_{model_cfg.sam2_model_type}")
         return EmbeddingDataset(embed_dataset(ds, root / key, model_cfg.sam2_model_type, model_cfg.sam2_checkpoint,
                                               device=device, image_size=sam2_image_size))
 

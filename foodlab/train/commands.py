@@ -160,6 +160,7 @@ def add_commands(sub) -> None:
     d.add_argument("--targets", choices=("soft", "hard"), default="soft",
                    help="soft: sigmoid/softmax of the teacher's logits; hard: its thresholded masks")
     d.add_argument("--alpha", type=float, default=0.0, help="weight of the ground-truth loss (0: teacher only)")
-    d.add_argument("--teacher-cache", metavar="DIR", help="where teacher logits are cached (default: <out-dir>)")
+    d.add_argument("--teacher-cache", metavar="DIR",
+                   help="where teacher logits are cached (default: <out-dir>/teacher_cache)")
     d.add_argument("--teacher-image-size", type=int, help="SAM2 input size of the teacher (default: its 1024)")
     d.set_defaults(func=lambda args: _run(args, distill=True))

@@ -85,6 +85,10 @@ class RunFolder:
         A damaged ``last.pt`` is renamed ``last.pt.damaged`` (kept for a look, never rotated over the good one).
         """
         damaged: CheckpointDamaged | None = None
+        pending = self.last.with_name("last.pt.new")   # complete on disk: save_checkpoint stopped between renames
+        if pending.exists() and not self.last.exists():
+            os.replace(pending, self.last)
+            log.warning("finished moving the newest checkpoint into place: %s", self.last)
         if self.last.exists():
             try:
                 return load_checkpoint(self.last)

@@ -27,6 +27,8 @@ RUN_DEFINING = (
     ("model", "sam2_model_type", "--model-type"), ("train", "batch_size", "--batch-size"),
     ("train", "lr", "--lr"), ("train", "accum_steps", "--accum-steps"), ("train", "weight_decay", "weight_decay"),
     ("train", "val_fraction", "--val-fraction"), ("train", "seed", "--seed"),
+    ("model", "freeze_image_encoder", "--freeze-image-encoder"),
+    ("train", "sam2_cached_embeddings", "--sam2-cached-embeddings"),
 )
 
 
