@@ -126,16 +126,27 @@ class FoodDetector(nn.Module):
             if mode == "lightweight":
                 logits = self.head(images)
                 return {"masks": class_ids(logits), "scores": _confidence(logits)}
-            from foodlab.models.sam2_backend import photo_masks
-
-            if self.head_trained:
-                prompt_masks = class_ids(self.head(images))
-            else:   # an untrained head has nothing to say: a whole-image box
-                prompt_masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.long, device=self.device)
-            masks, scores = photo_masks(self.sam, list(images), prompt_masks, self.num_classes)
+            masks, scores = self.refine(list(images), images)
             return {"masks": torch.stack(masks), "scores": scores}
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def refine(self, photos: list[torch.Tensor], head_input: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """SAM2's masks for ``photos`` ((3, H_i, W_i) in [0, 1], any sizes), prompted by the head's mask on
+        ``head_input`` (the same photos at the head's size): ([(H_i, W_i) class ids], scores (B,)).
+
+        An untrained head has nothing to say, so SAM2 gets a whole-photo box instead.
+        """
+        from foodlab.models.sam2_backend import photo_masks
+
+        head_input = head_input.to(self.device)
+        if self.head_trained:
+            prompt_masks = class_ids(self.head(head_input))
+        else:
+            prompt_masks = torch.zeros(head_input.shape[0], *head_input.shape[-2:], dtype=torch.long,
+                                       device=self.device)
+        return photo_masks(self.sam, [p.to(self.device) for p in photos], prompt_masks, self.num_classes)
 
     # ------------------------------------------------------------ head checkpoints
     def save_head(self, path: str | Path) -> Path:

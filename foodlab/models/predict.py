@@ -74,18 +74,15 @@ def segment(detector, photos: list[np.ndarray], *, mode: str = "sam2", image_siz
     s = int(image_size)
     head_in = np.stack([cv2.resize(p, (s, s), interpolation=cv2.INTER_AREA) for p in photos])
     head_in = torch.from_numpy(head_in).permute(0, 3, 1, 2).float().div(255)
-    head = detector.predict(head_in, mode="lightweight")
     if mode == "lightweight":
+        head = detector.predict(head_in, mode="lightweight")
         masks = [cv2.resize(m.astype(np.uint8), (p.shape[1], p.shape[0]), interpolation=cv2.INTER_NEAREST)
                  for m, p in zip(head["masks"].cpu().numpy(), photos)]
         return list(zip(masks, head["scores"].float().cpu().tolist()))
-    from foodlab.models.sam2_backend import photo_masks
-
-    prompt_masks = head["masks"] if detector.head_trained else torch.zeros_like(head["masks"])  # untrained: box
     detector.eval()
     with torch.inference_mode():
-        tensors = [torch.from_numpy(p).to(detector.device).permute(2, 0, 1).float().div(255) for p in photos]
-        masks, scores = photo_masks(detector.sam, tensors, prompt_masks, detector.num_classes)
+        tensors = [torch.from_numpy(p).permute(2, 0, 1).float().div(255) for p in photos]
+        masks, scores = detector.refine(tensors, head_in)
     masks = [m.to(torch.uint8).cpu().numpy() for m in masks]
     return list(zip(masks, scores.float().cpu().tolist()))
 
