@@ -197,3 +197,17 @@ def test_each_run_logs_to_its_own_file(tmp_path, caplog):
     text_a, text_b = text_a.read_text(), text_b.read_text()
     assert "epoch 2/2" in text_a and str(a.run_folder) in text_a and str(b.run_folder) not in text_a
     assert str(b.run_folder) in text_b and str(a.run_folder) not in text_b
+
+
+def test_mostly_bad_data_fails_in_its_first_epoch_with_the_reasons(tmp_path):
+    """15 of 24 images truncated, drop_last on: the run must not train on the other 9 and say 'done'."""
+    from foodlab.data.synth import generate_synthetic
+    from foodlab.data.validity import DatasetError
+
+    root = generate_synthetic(tmp_path / "d", 24, size=32, seed=0, classes=2, workers=1, progress=False)
+    for jpg in sorted((root / "images").glob("*.jpg"))[:15]:
+        jpg.write_bytes(jpg.read_bytes()[:200])
+    cfg = TrainConfig(epochs=3, batch_size=4, device="cpu", num_workers=0, out_dir=str(tmp_path / "runs"),
+                      val_fraction=0.2)
+    with pytest.raises(DatasetError, match="bad.*truncated"):
+        train(DataConfig(root=str(root), image_size=32), ModelConfig(), cfg, progress=False, track=False)
