@@ -16,7 +16,8 @@ def test_precision_records():
     assert records[0]["params"]["dtype"] == "float32" and records[1]["params"]["dtype"] == "bfloat16"
     assert records[1]["params"]["channels_last"] is True
     for r in records:
-        assert {"step_time_median_s", "step_time_p10_s", "step_time_p90_s", "images_per_s"} <= set(r["metrics"])
+        assert {"step_time_median_s", "step_time_p10_s", "step_time_p90_s", "images_per_s", "step_cpu_s"} <= set(
+            r["metrics"])
         assert r["metrics"]["step_time_median_s"] > 0 and len(r["samples"]["step_time_median_s"]) == 2
     assert "autocast_channels_last" in precision.format_table(records)
     with pytest.raises(ValueError, match="unknown precision variant"):

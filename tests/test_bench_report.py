@@ -33,6 +33,14 @@ def test_markdown_table_names_device_features_and_values():
     assert "71,000x-79,000x" in text and "NOISY" not in text
 
 
+def test_threads_text_names_the_experiments_that_differ():
+    assert report.threads_text({"a": 2, "b": 2, "c": 1}) == "2 (c: 1)"
+    assert report.threads_text({"a": "2", "b": None}) == "2"
+    assert report.threads_text({}) == ""
+    assert report.markdown_table([], "CPU Test", "none", "2 (c: 1)").startswith(
+        "Measured on **CPU Test**, precision features: none, torch threads: 2 (c: 1)")
+
+
 def test_noisy_rows_are_flagged_not_presented_as_findings(tmp_path):
     quiet = comparison_row("e", "init_s", "a", "b", 2.0, 1.0)
     noisy = comparison_row("e", "step_time_median_s", "a", "b", 2.0, 1.0, noisy="other processes used 1.5 of 2 cores")
@@ -70,6 +78,7 @@ def test_report_reads_back_latest_runs_and_writes_files(fake_bench, tmp_store, c
     md = (out / "summary.md").read_text()
     assert device_name in md and "demo: init_s (slow → faster)" in md and "4.0x faster" in md
     assert "precision features: " in md and "NOISY" not in md
+    assert f"torch threads: {min(2, __import__('torch').get_num_threads())}" in md  # the quiet monitor: 2 cores free
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 

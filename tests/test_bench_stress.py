@@ -31,6 +31,7 @@ def test_stress_smoke_prints_idle_and_loaded_ratios_side_by_side(fake_bench):  #
     text = stress.format_stress(outcome)
     assert "idle" in text and "under hog" in text
     assert "demo: init_s (slow -> faster)" in text and "holds" in text
+    assert "measured with" in text and "torch threads" in text
 
 
 def test_the_hog_is_stopped_when_measuring_ends():
@@ -59,3 +60,18 @@ def test_the_hog_counts_as_other_processes_load():
             import time
             time.sleep(1.5)
     assert monitor.load.other_cores_during > 0.3, monitor.load
+
+
+def test_the_idle_run_measures_with_the_threads_the_hog_will_leave(fake_bench, monkeypatch):  # noqa: F811
+    """Idle and loaded runs differ in the load only, not in how many threads a model got."""
+    import torch
+
+    monkeypatch.setattr(stress.os, "cpu_count", lambda: 2)
+    seen = []
+    fake_bench.on_call = lambda variants: seen.append(torch.get_num_threads())
+    outcome = stress.run_stress("smoke", "cpu", experiments=(spec(),), hog_processes=1)
+    assert seen[0] == 1 and outcome["idle"][0].torch_threads == 1  # 2 cores, 1 hog: 1 free
+    pinned = []
+    fake_bench.on_call = lambda variants: pinned.append(torch.get_num_threads())
+    stress.run_stress("smoke", "cpu", experiments=(spec(),), hog_processes=1, threads=2)
+    assert pinned == [2, 2]

@@ -16,6 +16,7 @@ def test_heads_smoke_records_rounds_and_selection():
         assert len(r["samples"]["step_time_median_s"]) == 2
         m = r["metrics"]
         assert m["step_time_p10_s"] <= m["step_time_median_s"] <= m["step_time_p90_s"]
+        assert 0 < m["step_cpu_s"] and len(r["samples"]["step_cpu_s"]) == 2  # the work, beside the wall time
         assert "speedup_vs_sam2_full" not in m  # no SAM2 reference measured
     assert "fast_head" in throughput.format_table(records)
 

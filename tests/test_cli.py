@@ -61,6 +61,8 @@ def _cases(tmp):
          {}, 2, "n"),
         ("metric nobody reports", ["run", str(tmp / "unknown_metric.yaml"), "--scale", "smoke", "--no-mlflow"],
          {}, 2, "init_seconds"),
+        ("zero threads", ["bench", "precision", "--threads", "0", "--scale", "smoke", "--no-mlflow"], {}, 2,
+         "--threads"),
         ("experiment typo", ["bench", "init", "--experiment", "dataset_int", "--scale", "smoke", "--no-mlflow"],
          {}, 2, "dataset_int"),
         ("dead server: run", ["run", "dataset_init", "--scale", "smoke"], {"MLFLOW_TRACKING_URI": dead}, 1, dead),

@@ -29,12 +29,28 @@ def _device_and_scale(p: argparse.ArgumentParser) -> None:
                    help="smoke: seconds (tests); default: the ~14 min suite on a 2-core CPU; full: real sizes")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch threads to measure with (default on CPU: the cores other processes leave free)")
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="run before/after benchmarks and log them to MLflow")
     bench.add_argument("which", choices=[*BENCH_NAMES, "all", "stress"],
                        help="which benchmark (all: every experiment file; stress: the training-step ratios "
                             "idle and under a CPU hog, side by side)")
     _device_and_scale(bench)
+    _threads(bench)
     bench.add_argument("--json", action="store_true", help="also print the records as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help="measure and print only, log nothing")
     bench.add_argument("--experiment", action="append", metavar="NAME",
@@ -44,6 +60,7 @@ def add_commands(sub) -> None:
     run = sub.add_parser("run", help="run one experiment file (experiments/<name>.yaml)")
     run.add_argument("experiment", help="path to an experiment YAML, or its name in experiments/")
     _device_and_scale(run)
+    _threads(run)
     run.add_argument("--json", action="store_true", help="also print the records as JSON")
     run.add_argument("--no-mlflow", action="store_true", help="measure and print only, log nothing")
     run.set_defaults(func=cmd_run)
@@ -71,17 +88,19 @@ def _print_results(results, as_json: bool) -> None:
         if as_json:
             print(json.dumps({"experiment": exp.name, "scale": res.scale, "device": res.device,
                               "device_name": res.device_name, "parent_run_id": res.parent_run_id,
-                              "load": res.load, "machine": res.machine, "records": res.records},
+                              "load": res.load, "machine": res.machine, "torch_threads": res.torch_threads,
+                              "records": res.records},
                              indent=2, default=str))
 
 
 def _print_summary(results, logged: bool, port: int = 5000) -> None:
-    from foodlab.bench.report import markdown_table
+    from foodlab.bench.report import markdown_table, threads_text
 
     rows = [row for res in results for row in res.comparisons()]
     if rows:
         print("\n## Before / after\n")
-        print(markdown_table(rows, results[0].device_name, results[0].machine.get("foodlab.precision_features")))
+        print(markdown_table(rows, results[0].device_name, results[0].machine.get("foodlab.precision_features"),
+                             threads_text({res.experiment.name: res.torch_threads for res in results})))
     if logged:
         from foodlab import tracking
 
@@ -114,7 +133,7 @@ def cmd_bench(args) -> int:
     if args.which == "stress":
         from foodlab.bench.stress import format_stress, run_stress
 
-        print(format_stress(run_stress(args.scale, args.device)))
+        print(format_stress(run_stress(args.scale, args.device, threads=args.threads)))
         return 0
     paths = _experiments_for(args.which, args.experiment)
     if not paths:
@@ -122,7 +141,8 @@ def cmd_bench(args) -> int:
                          + (f" among {', '.join(args.experiment)}" if args.experiment else ""))
     results = []
     for path in paths:
-        results.append(run_experiment(path, args.scale, args.device, log_to_mlflow=not args.no_mlflow))
+        results.append(run_experiment(path, args.scale, args.device, log_to_mlflow=not args.no_mlflow,
+                                      threads=args.threads))
         _print_results(results[-1:], args.json)
     _print_summary(results, logged=not args.no_mlflow)
     return 0
@@ -131,7 +151,8 @@ def cmd_bench(args) -> int:
 def cmd_run(args) -> int:
     from foodlab.bench.runner import run_experiment
 
-    result = run_experiment(args.experiment, args.scale, args.device, log_to_mlflow=not args.no_mlflow)
+    result = run_experiment(args.experiment, args.scale, args.device, log_to_mlflow=not args.no_mlflow,
+                            threads=args.threads)
     _print_results([result], args.json)
     _print_summary([result], logged=not args.no_mlflow)
     return 0
@@ -141,14 +162,21 @@ def cmd_report(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from foodlab.bench.report import machine_from_mlflow, markdown_table, rows_from_mlflow, write_report
+    from foodlab.bench.report import (
+        machine_from_mlflow,
+        markdown_table,
+        rows_from_mlflow,
+        threads_from_mlflow,
+        write_report,
+    )
 
     rows, device_name = rows_from_mlflow(args.experiment, device=args.device, scale=args.scale)
     if not rows:
         raise FoodlabError("no foodlab benchmark runs found in the tracking store; run `foodlab bench all` first")
-    features = machine_from_mlflow(args.experiment)
-    out = write_report(rows, device_name, args.out, features=features)
-    print(markdown_table(rows, device_name, features))
+    features = machine_from_mlflow(args.experiment, args.device, args.scale)
+    threads = threads_from_mlflow(args.experiment, args.device, args.scale)
+    out = write_report(rows, device_name, args.out, features=features, threads=threads)
+    print(markdown_table(rows, device_name, features, threads))
     print(f"\nwrote {out / 'summary.md'} and {out / 'summary.png'}")
     return 0
 

@@ -68,6 +68,8 @@ def improvement(metric: str, before: float, after: float) -> tuple[float | None,
         return None, "n/a"
     if metric.endswith("_mb"):
         noun = ("less memory", "more memory")
+    elif metric.endswith("_cpu_s"):
+        noun = ("less CPU time", "more CPU time")
     elif metric.endswith("_s") or metric.endswith("_per_s"):
         noun = ("faster", "slower")
     else:

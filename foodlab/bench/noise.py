@@ -101,16 +101,17 @@ class LoadMonitor:
                  before_sample_s: float = BEFORE_SAMPLE_S):
         self.reader, self.cpus, self.before_sample_s = reader, cpus or os.cpu_count() or 1, before_sample_s
         self.load: Load | None = None
+        self.other_cores_before = 0.0  # cores other processes used in the sample before measuring
 
     def __enter__(self) -> LoadMonitor:
         first = self.reader()
         if self.before_sample_s:
             time.sleep(self.before_sample_s)
         self._start = self.reader()
-        self._before = other_cores(first, self._start)
+        self.other_cores_before = other_cores(first, self._start)
         return self
 
     def __exit__(self, *exc) -> None:
         end = self.reader()
         self.load = Load(cpus=self.cpus, load1_before=self._start.load1, load1_after=end.load1,
-                         other_cores_before=self._before, other_cores_during=other_cores(self._start, end))
+                         other_cores_before=self.other_cores_before, other_cores_during=other_cores(self._start, end))

@@ -12,12 +12,12 @@ import copy
 import logging
 
 from foodlab.bench.settings import scale_config
-from foodlab.bench.timing import interleave, summarize, synthetic_batch, train_step
+from foodlab.bench.timing import cpu_samples, interleave, summarize, synthetic_batch, train_step
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("fp32", "autocast", "channels_last", "autocast_channels_last")
-METRICS = ("step_time_median_s", "images_per_s")
+METRICS = ("step_time_median_s", "step_cpu_s", "images_per_s")
 # repeats: interleaved rounds (each round times every variant once)
 SCALES = {
     "smoke": {"batch_size": 2, "image_size": 64, "warmup": 1, "repeats": 2},
@@ -49,7 +49,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **setting
     times = interleave(steps, dev, cfg["repeats"], cfg["warmup"])
     records = []
     for name in variants:
-        metrics, samples = summarize(times[name], cfg["batch_size"])
+        metrics, samples = summarize(times[name], cfg["batch_size"], cpu_samples(times, name, dev))
         log.info("precision %s: median %.3f s/step", name, metrics["step_time_median_s"])
         records.append({
             "variant": name,

@@ -39,18 +39,30 @@ def _interval(row: dict[str, Any]) -> str:
     return f"{times(row['ratio_low'])}-{times(row['ratio_high'])}"
 
 
-def machine_line(device_name: str | None, features: str | None = None) -> str:
-    """'Measured on **CPU ... (2 cores)**, precision features: avx512_bf16,amx_bf16'."""
+def threads_text(per_experiment: dict[str, Any]) -> str:
+    """'2', or '2 (training_step: 1)' when experiments measured with different torch thread counts."""
+    known = {name: str(n) for name, n in per_experiment.items() if n not in (None, "")}
+    if not known:
+        return ""
+    counts = list(known.values())
+    usual = max(dict.fromkeys(counts), key=counts.count)
+    others = ", ".join(f"{name}: {n}" for name, n in sorted(known.items()) if n != usual)
+    return usual + (f" ({others})" if others else "")
+
+
+def machine_line(device_name: str | None, features: str | None = None, threads: str | None = None) -> str:
+    """'Measured on **CPU ... (2 cores)**, precision features: avx512_bf16,amx_bf16, torch threads: 2'."""
     line = f"Measured on **{device_name or 'unknown device'}**"
-    return line + (f", precision features: {features}" if features else "")
+    return line + (f", precision features: {features}" if features else "") + (
+        f", torch threads: {threads}" if threads else "")
 
 
 def markdown_table(rows: Iterable[dict[str, Any]], device_name: str | None = None,
-                   features: str | None = None) -> str:
+                   features: str | None = None, threads: str | None = None) -> str:
     """The before/after table; noisy rows say so in the Improvement column instead of claiming a finding."""
     lines = []
     if device_name:
-        lines.append(machine_line(device_name, features) + "\n")
+        lines.append(machine_line(device_name, features, threads) + "\n")
     lines += ["| Metric | Before | After | Improvement | Interval (p10-p90) |", "|---|---|---|---|---|"]
     for r in rows:
         label = f"{r['experiment']}: {r['metric']} ({r['before']} → {r['after']})"
@@ -171,26 +183,36 @@ def rows_from_mlflow(experiments: list[str] | None = None, device: str | None = 
     return rows, device_name
 
 
-def machine_from_mlflow(experiments: list[str] | None = None) -> str:
+def machine_from_mlflow(experiments: list[str] | None = None, device: str | None = None,
+                        scale: str | None = None) -> str:
     """The precision features recorded on the latest parent runs ('' when none were)."""
-    parents, _ = latest_runs(experiments)
+    parents, _ = latest_runs(experiments, device, scale)
     values = {_param(p, "foodlab.precision_features", kind="tags") for _, p in parents.iterrows()} - {""}
     return " / ".join(sorted(values))
 
 
+def threads_from_mlflow(experiments: list[str] | None = None, device: str | None = None,
+                        scale: str | None = None) -> str:
+    """The torch thread counts the latest parent runs measured with, as ``threads_text`` words."""
+    parents, _ = latest_runs(experiments, device, scale)
+    return threads_text({_param(p, "experiment"): _param(p, "torch_threads") for _, p in parents.iterrows()})
+
+
 def write_report(rows: list[dict[str, Any]], device_name: str | None, out: str | Path | None = None,
-                 title: str = "foodlab before/after", features: str | None = None) -> Path:
+                 title: str = "foodlab before/after", features: str | None = None, threads: str | None = None
+                 ) -> Path:
     """Write summary.md and summary.png into ``out`` (default experiments/results/<device-slug>)."""
     out = Path(out) if out else EXPERIMENTS_DIR / "results" / device_slug(device_name or "unknown")
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     noisy = [r for r in rows if r.get("noisy")]
     md = [f"# {title}", "", f"Generated {stamp} by `foodlab report` from the runs in MLflow.", "",
-          markdown_table(rows, device_name or "unknown device", features), "",
+          markdown_table(rows, device_name or "unknown device", features, threads), "",
           "Improvement: how many times faster (time, throughput) or leaner (memory) the *after* "
           "variant is than the *before* variant, measured in the same process on the same data, the "
           "variants interleaved in rounds. Interval: p10-p90 of the per-round ratio. Numbers from "
-          "another machine (CPU model, precision features) are not comparable.", ""]
+          "another machine (CPU model, precision features) are not comparable. Torch threads: on a CPU each "
+          "experiment measures with the cores other processes left free when it started.", ""]
     if noisy:
         md += [f"**{len(noisy)} noisy row(s)**: measured while the machine was busy or too unsteady to "
                "call; they are not findings. Re-run them on a quiet machine.", ""]

@@ -45,6 +45,13 @@ class RunLogger:
         if Path(exp.source).exists():
             t.log_artifact(exp.source)
 
+    def log_threads(self) -> None:
+        """The torch thread count chosen for measuring, on the parent (param and tag) and on every child."""
+        n = str(self.result.torch_threads)
+        self.base_tags["foodlab.torch_threads"] = n
+        self.tracking.log_params({"torch_threads": n})
+        self.tracking.set_tags({"foodlab.torch_threads": n})
+
     def log_children(self, records: list[dict[str, Any]]) -> None:
         from foodlab.bench.compare import NOISY_RELATIVE_SPREAD, spread
 
@@ -73,7 +80,8 @@ class RunLogger:
         """results.json on the parent, rewritten as records arrive (a crash keeps what was measured)."""
         r = self.result
         self.tracking.log_dict({"records": r.records, "comparisons": r.comparisons() if _complete(r) else [],
-                                "all_records": r.raw_records, "load": r.load, "machine": r.machine},
+                                "all_records": r.raw_records, "load": r.load, "machine": r.machine,
+                                "torch_threads": r.torch_threads},
                                "results.json")
 
     def finish(self) -> None:

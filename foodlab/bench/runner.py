@@ -97,6 +97,7 @@ class ExperimentResult:
     raw_records: list[dict[str, Any]] = field(default_factory=list)  # all settings the benchmark tried
     load: dict[str, Any] = field(default_factory=dict)  # foodlab.bench.noise.Load.as_dict()
     machine: dict[str, str] = field(default_factory=dict)  # foodlab.bench.machine.machine_tags()
+    torch_threads: int | None = None  # the torch thread count measured with (foodlab.bench.threads)
 
     @property
     def busy(self) -> str:
@@ -118,7 +119,8 @@ class ExperimentResult:
         lines = [module.format_table(self.raw_records or self.records)]
         if self.load:
             lines.append(f"load: {self.load['other_cores_during']:.2f} of {self.load['cpus']} cores used by other "
-                         f"processes while measuring, load average {self.load['load1_before']:.2f} before")
+                         f"processes while measuring, load average {self.load['load1_before']:.2f} before"
+                         + (f"; measured with {self.torch_threads} torch threads" if self.torch_threads else ""))
         noisy = [r for r in self.comparisons() if r["noisy"]]
         if noisy:
             lines.append(f"NOISY ({len(noisy)} of {len(self.comparisons())} comparisons): "
@@ -307,10 +309,15 @@ def environment_params(device) -> dict[str, str]:
 
 
 def run_experiment(path_or_dict: str | Path | Mapping[str, Any], scale: str = "smoke", device: str = "auto",
-                   log_to_mlflow: bool = True) -> ExperimentResult:
-    """Measure all variants of one experiment, logging the parent run first and each child as it is measured."""
+                   log_to_mlflow: bool = True, threads: int | None = None) -> ExperimentResult:
+    """Measure all variants of one experiment, logging the parent run first and each child as it is measured.
+
+    ``threads``: torch threads to measure with; None means the cores other processes leave free on
+    CPU (``foodlab.bench.threads``), torch's own count on CUDA/MPS.
+    """
     import contextlib
 
+    from foodlab.bench import threads as torch_threads
     from foodlab.bench.machine import machine_tags
     from foodlab.bench.noise import LoadMonitor
     from foodlab.bench.runlog import RunLogger
@@ -319,6 +326,7 @@ def run_experiment(path_or_dict: str | Path | Mapping[str, Any], scale: str = "s
     if scale not in SCALES:
         raise ExperimentError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     exp = load_experiment(path_or_dict)
+    torch_threads.check_requested(threads)
     dev = resolve_device(device)
     env = environment_params(dev)
     result = ExperimentResult(experiment=exp, scale=scale, device=env["device"], device_name=env["device_name"],
@@ -333,12 +341,16 @@ def run_experiment(path_or_dict: str | Path | Mapping[str, Any], scale: str = "s
             logger.log_parent_params(stack.enter_context(logger.start_parent()))
         start = time.perf_counter()
         with LoadMonitor() as monitor:
-            for group, got in measure_groups(exp, scale, str(dev)):
-                result.records += group
-                result.raw_records += got
-                if logger:
-                    logger.log_children(group)
-                    logger.write_results()
+            result.torch_threads = torch_threads.choose(dev, monitor.other_cores_before, monitor.cpus, threads)
+            if logger:
+                logger.log_threads()
+            with torch_threads.torch_threads(result.torch_threads):
+                for group, got in measure_groups(exp, scale, str(dev)):
+                    result.records += group
+                    result.raw_records += got
+                    if logger:
+                        logger.log_children(group)
+                        logger.write_results()
         result.wall_s = time.perf_counter() - start
         result.load = monitor.load.as_dict()
         order = [v.name for v in exp.variants]

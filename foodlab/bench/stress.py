@@ -3,20 +3,23 @@
 Runs the training-step experiments twice in this process at a small scale, first on the machine
 as it is, then with a CPU hog this module starts itself (one spinning process per core, each
 stopping on its own at a deadline, and stopped when measuring ends), and prints each before/after
-ratio of both runs side by side. Interleaved measuring should keep the ratios within
-``AGREE_WITHIN`` of each other although every absolute time grows under the hog. A benchmark,
-not a test: numbers come from running it on a real machine.
+ratio of both runs side by side. Interleaved measuring, with torch threads on the cores the hog
+leaves free (``foodlab.bench.threads``), should keep the ratios within ``AGREE_WITHIN`` of each
+other although every absolute time grows under the hog. A benchmark, not a test: numbers come
+from running it on a real machine.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
 import os
+import queue
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from foodlab.bench import noise
+from foodlab.errors import FoodlabError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,10 @@ AGREE_WITHIN = 0.25
 HOG_MAX_S = 1800.0  # a hog never outlives this, even if its parent is killed
 
 
-def _spin(deadline: float) -> None:
-    """Burn one core until ``deadline`` (time.time), then exit by itself."""
+def _spin(deadline: float, ready=None) -> None:
+    """Burn one core until ``deadline`` (time.time), then exit by itself; says so on ``ready`` first."""
+    if ready is not None:
+        ready.put(os.getpid())
     x = 0
     while time.time() < deadline:
         x = (x * 1103515245 + 12345) % 2**31
@@ -42,9 +47,16 @@ class CpuHog:
     def __enter__(self) -> CpuHog:
         ctx = mp.get_context("spawn")
         deadline = time.time() + self.max_s
-        self.procs = [ctx.Process(target=_spin, args=(deadline,), daemon=True) for _ in range(self.processes)]
+        ready = ctx.Queue()
+        self.procs = [ctx.Process(target=_spin, args=(deadline, ready), daemon=True) for _ in range(self.processes)]
         for p in self.procs:
             p.start()
+        try:
+            for _ in self.procs:  # spinning before measuring starts: the thread count is chosen from the load
+                ready.get(timeout=60)
+        except queue.Empty:
+            self.__exit__()
+            raise FoodlabError("stress: the CPU hog processes did not start within 60 s") from None
         noise.count_as_others([p.pid for p in self.procs])   # the machine is busy, and the report must say so
         log.info("stress: %d hog processes spinning (at most %.0f s)", self.processes, self.max_s)
         return self
@@ -87,15 +99,27 @@ def pair_rows(idle_rows: list[dict], loaded_rows: list[dict]) -> list[StressRow]
 
 
 def run_stress(scale: str = "smoke", device: str = "auto", experiments: tuple[str | Mapping, ...] | None = None,
-               hog_processes: int | None = None) -> dict[str, Any]:
-    """Measure ``experiments`` (default: ``EXPERIMENTS``) idle, then under a CPU hog; both results and paired rows."""
+               hog_processes: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Measure ``experiments`` (default: ``EXPERIMENTS``) idle, then under a CPU hog; both results and paired rows.
+
+    Under the hog every benchmark measures with the cores the hog leaves free (``foodlab.bench.threads``
+    picks them itself). The idle run measures with that same thread count, so that the load is the
+    only thing the two runs differ in: how a model scales from one thread count to another is a
+    property of the model, not a fluke of the load, and would otherwise be mixed into the verdict.
+    ``threads`` pins the count of both runs instead.
+    """
+    import torch
+
     from foodlab.bench.runner import load_experiment, run_experiment
+    from foodlab.bench.threads import free_threads
 
     experiments = EXPERIMENTS if experiments is None else experiments
     loaded_exps = [load_experiment(e) for e in experiments]  # a bad file fails before any measuring
-    idle = [run_experiment(e, scale, device, log_to_mlflow=False) for e in experiments]
+    hog_processes = hog_processes or os.cpu_count() or 1
+    idle_threads = threads or free_threads(os.cpu_count() or 1, hog_processes, torch.get_num_threads())
+    idle = [run_experiment(e, scale, device, log_to_mlflow=False, threads=idle_threads) for e in experiments]
     with CpuHog(hog_processes):
-        loaded = [run_experiment(e, scale, device, log_to_mlflow=False) for e in experiments]
+        loaded = [run_experiment(e, scale, device, log_to_mlflow=False, threads=threads) for e in experiments]
     rows = pair_rows([r for res in idle for r in res.comparisons()], [r for res in loaded for r in res.comparisons()])
     return {"experiments": [e.name for e in loaded_exps], "idle": idle, "loaded": loaded, "rows": rows}
 
@@ -118,7 +142,8 @@ def format_stress(outcome: dict[str, Any]) -> str:
         for res in results:
             if res.load:
                 lines.append(f"{label:<5} {res.experiment.name}: other processes used "
-                             f"{res.load['other_cores_during']:.1f} of {res.load['cpus']} cores")
+                             f"{res.load['other_cores_during']:.1f} of {res.load['cpus']} cores; "
+                             f"measured with {res.torch_threads} torch threads")
     head = f"{'comparison':<58} {'idle':>22} {'under hog':>22} {'change':>8}  verdict"
     lines += ["", head, "-" * len(head)]
     for row in outcome["rows"]:

@@ -26,14 +26,14 @@ import torch
 
 from foodlab.bench.compare import spread
 from foodlab.bench.settings import scale_config
-from foodlab.bench.timing import interleave, release_memory, summarize, synthetic_batch, train_step
+from foodlab.bench.timing import cpu_samples, interleave, release_memory, summarize, synthetic_batch, train_step
 from foodlab.devices import PeakMemory, autocast, autocast_dtype, device_name, resolve_device
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("fast_head", "baseline_head", "sam2_decoder_cached", "sam2_full")  # small -> large footprint
-METRICS = ("step_time_median_s", "images_per_s", "peak_memory_mb", "model_params_mb", "speedup_vs_sam2_full",
-           "memory_ratio_vs_sam2_full", "init_s")
+METRICS = ("step_time_median_s", "step_cpu_s", "images_per_s", "peak_memory_mb", "model_params_mb",
+           "speedup_vs_sam2_full", "memory_ratio_vs_sam2_full", "init_s")
 HEAD_SETTINGS = (("fp32", "contiguous"), ("amp", "contiguous"), ("amp", "channels_last"))
 SAM2_SETTINGS = (("fp32", "contiguous"), ("amp", "contiguous"))
 # repeats: interleaved rounds (each round times every variant at every setting once)
@@ -131,7 +131,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **setting
     times = interleave({k: p["step"] for k, p in prepared.items()}, dev, cfg["repeats"], warmup=0)
     records = []
     for key, p in prepared.items():
-        metrics, samples = summarize(times[key], int(images.shape[0]))
+        metrics, samples = summarize(times[key], int(images.shape[0]), cpu_samples(times, key, dev))
         records.append({"variant": p["variant"], "params": p["params"], "samples": samples,
                         "metrics": {**p["metrics"], **metrics, "loss_first": p["losses"][0],
                                     "loss_last": p["losses"][-1]}})

@@ -6,13 +6,28 @@ alternating the direction keeps any variant from always following the same neigh
 device is synchronized before the clock is read at both ends, so queued GPU kernels are inside
 the measurement.
 
-Why not ``torch.utils.benchmark.Timer``: its ``blocked_autorange``/``adaptive_autorange`` run one
-statement back to back until a time budget is spent, which is exactly the "measure A, then B,
-minutes apart" pattern interleaving exists to avoid, and ``Timer.timeit(n)`` runs two untimed
-warm-up calls before every measurement, which would triple the cost of a SAM2 train step that
-takes seconds and put extra calls between the rounds. Its pieces that fit are what this loop
-does: one call per sample, a device-synchronized clock, median and IQR (here also p10/p90, via
-``foodlab.bench.compare.spread``) over the samples; threads stay as the process set them.
+Each sample is a *block*: a step shorter than ``MIN_BLOCK_S`` is called back to back until the
+block lasts that long (the count is fixed in the first round and kept for the others), and the
+sample is the block's time per call. A 0.1 s step timed once catches whatever the scheduler did
+in that instant (a busy core, a migration); a block of many calls averages it, as a 30 s step
+does on its own. Steps with a ``prepare`` (work that must stay off the clock) are timed one call
+at a time.
+
+Why not ``torch.utils.benchmark.Timer`` itself: its ``blocked_autorange``/``adaptive_autorange``
+run one statement block after block until a time budget is spent, which is exactly the "measure
+A, then B, minutes apart" pattern interleaving exists to avoid, and ``Timer.timeit(n)`` runs two
+untimed warm-up calls before every measurement, which would triple the cost of a SAM2 train step
+that takes seconds and put extra calls between the rounds. Its pieces that fit are what this loop
+does: blocks of calls sized to a minimum run time, a device-synchronized clock, median and IQR
+(here also p10/p90, via ``foodlab.bench.compare.spread``) over the samples. Threads are set by the
+runner (``foodlab.bench.threads``).
+
+Every block also records the CPU seconds this process spent (all its threads): on a busy machine
+the wall time of a step depends on the share of a core the scheduler gave it while it ran, which
+differs from variant to variant, while its CPU time is the work itself (measured: a hog on both
+cores of a 2-core EPYC stretched wall times 1.35x-1.58x depending on the model, CPU times
+0.97x-1.06x). ``summarize(..., cpu=...)`` reports it as ``step_cpu_s``; on a GPU it is the host's
+time only, so the benchmarks report it on CPU.
 
 ``train_step`` builds the usual forward/loss/backward/optimizer step for a model that maps images
 to logits, with optional autocast and channels_last.
@@ -30,6 +45,9 @@ from foodlab.bench.compare import spread
 from foodlab.devices import autocast, needs_grad_scaler, synchronize
 
 Step = Callable[[], object]
+
+# a sample times back-to-back calls for at least this long (see the module docstring)
+MIN_BLOCK_S = 0.5
 
 
 def release_memory() -> None:
@@ -55,32 +73,64 @@ def round_order(names: list[str], round_index: int) -> list[str]:
     return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
+class Timings(dict):
+    """name -> wall seconds per call, one value per round; ``cpu``: the same in CPU seconds of this process."""
+
+    def __init__(self, wall: dict[str, list[float]], cpu: dict[str, list[float]]):
+        super().__init__(wall)
+        self.cpu = cpu
+
+
 def interleave(steps: Mapping[str, Step], device: torch.device, rounds: int, warmup: int = 1,
-               prepare: Mapping[str, Step] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each step, one value per round (every round runs every step once).
+               prepare: Mapping[str, Step] | None = None, min_block_s: float | None = None) -> Timings:
+    """Seconds per call of each step, one value per round (every round times every step once).
 
     ``warmup`` untimed calls of each step come first (allocator, autotuning, lazy init).
     ``prepare[name]``, when given, runs before each timed call of ``name``, outside the clock.
+    ``min_block_s`` (default ``MIN_BLOCK_S``): the shortest block of back-to-back calls one sample
+    times; the first round decides how many calls that takes for each step.
     """
     names = list(steps)
     prepare = dict(prepare or {})
+    block_s = MIN_BLOCK_S if min_block_s is None else min_block_s
     clock = synced_clock(device)
     for _ in range(warmup):
         for name in names:
             prepare.get(name, lambda: None)()
             steps[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    calls: dict[str, int] = {}
     for r in range(rounds):
         for name in round_order(names, r):
-            prepare.get(name, lambda: None)()
-            start = clock()
-            steps[name]()
-            samples[name].append(clock() - start)
-    return samples
+            if name in prepare:
+                prepare[name]()
+                start, cpu_start = clock(), time.process_time()
+                steps[name]()
+                samples[name].append(clock() - start)
+                cpu[name].append(time.process_time() - cpu_start)
+                continue
+            start, cpu_start = clock(), time.process_time()
+            if name not in calls:  # first round: call until the block is long enough, and remember how often
+                n = 0
+                while True:
+                    steps[name]()
+                    n += 1
+                    if clock() - start >= block_s:
+                        break
+                calls[name] = n
+            else:
+                for _ in range(calls[name]):
+                    steps[name]()
+            samples[name].append((clock() - start) / calls[name])
+            cpu[name].append((time.process_time() - cpu_start) / calls[name])
+    return Timings(samples, cpu)
 
 
-def summarize(times: list[float], images_per_step: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """(metrics, per-round samples) for step times: median, p10/p90, IQR and images/s from the median."""
+def summarize(times: list[float], images_per_step: int, cpu: list[float] | None = None
+              ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(metrics, per-round samples) for step times: median, p10/p90, IQR and images/s from the median;
+    with ``cpu`` (CPU seconds per step, one per round) also ``step_cpu_s``, their median."""
     s = spread(times)
     metrics = {
         "step_time_median_s": s["median"], "step_time_p10_s": s["p10"], "step_time_p90_s": s["p90"],
@@ -88,7 +138,15 @@ def summarize(times: list[float], images_per_step: int) -> tuple[dict[str, float
         "images_per_s": images_per_step / s["median"] if s["median"] > 0 else float("nan"),
     }
     samples = {"step_time_median_s": list(times), "images_per_s": [images_per_step / t for t in times]}
+    if cpu:
+        metrics["step_cpu_s"] = spread(cpu)["median"]
+        samples["step_cpu_s"] = list(cpu)
     return metrics, samples
+
+
+def cpu_samples(times: Timings, name: str, device: torch.device) -> list[float] | None:
+    """The CPU seconds per step of ``name`` when the step ran on the CPU, else None (a GPU step's host time)."""
+    return times.cpu[name] if torch.device(device).type == "cpu" else None
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
