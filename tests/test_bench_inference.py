@@ -48,7 +48,7 @@ def test_bench_inference_runs_the_inference_file(monkeypatch):
     class Picked(Exception):
         pass
 
-    def fake_run_experiment(path, scale, device, log_to_mlflow=True):
+    def fake_run_experiment(path, scale, device, log_to_mlflow=True, threads=None):
         raise Picked(path.stem)  # stop before measuring: only which file it picked matters here
 
     monkeypatch.setattr(runner, "run_experiment", fake_run_experiment)
