@@ -70,7 +70,8 @@ def test_the_idle_run_measures_with_the_threads_the_hog_will_leave(fake_bench, m
     seen = []
     fake_bench.on_call = lambda variants: seen.append(torch.get_num_threads())
     outcome = stress.run_stress("smoke", "cpu", experiments=(spec(),), hog_processes=1)
-    assert seen[0] == 1 and outcome["idle"][0].torch_threads == 1  # 2 cores, 1 hog: 1 free
+    assert seen == [1, 1]  # 2 cores, 1 hog: 1 free, idle and loaded alike
+    assert outcome["idle"][0].torch_threads == outcome["loaded"][0].torch_threads == 1
     pinned = []
     fake_bench.on_call = lambda variants: pinned.append(torch.get_num_threads())
     stress.run_stress("smoke", "cpu", experiments=(spec(),), hog_processes=1, threads=2)

@@ -59,7 +59,7 @@ def run(scale: str = "smoke", device: str = "auto", variants=VARIANTS, **setting
             _epoch(loaders[name])
             first[name] = time.perf_counter() - start
         times = interleave({name: (lambda ld=ld: _epoch(ld)) for name, ld in loaders.items()}, dev,
-                           max(1, cfg["epochs"] - 1), warmup=0)
+                           max(1, cfg["epochs"] - 1), warmup=0, min_block_s=0)  # one epoch per sample
         loaders.clear()
     records = []
     for name in variants:

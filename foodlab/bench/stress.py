@@ -51,12 +51,15 @@ class CpuHog:
         self.procs = [ctx.Process(target=_spin, args=(deadline, ready), daemon=True) for _ in range(self.processes)]
         for p in self.procs:
             p.start()
+        give_up = time.monotonic() + 60
         try:
-            for _ in self.procs:  # spinning before measuring starts: the thread count is chosen from the load
-                ready.get(timeout=60)
+            for _ in self.procs:  # spinning before measuring starts
+                ready.get(timeout=max(0.1, give_up - time.monotonic()))
         except queue.Empty:
             self.__exit__()
             raise FoodlabError("stress: the CPU hog processes did not start within 60 s") from None
+        finally:
+            ready.close()
         noise.count_as_others([p.pid for p in self.procs])   # the machine is busy, and the report must say so
         log.info("stress: %d hog processes spinning (at most %.0f s)", self.processes, self.max_s)
         return self
@@ -102,22 +105,24 @@ def run_stress(scale: str = "smoke", device: str = "auto", experiments: tuple[st
                hog_processes: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Measure ``experiments`` (default: ``EXPERIMENTS``) idle, then under a CPU hog; both results and paired rows.
 
-    Under the hog every benchmark measures with the cores the hog leaves free (``foodlab.bench.threads``
-    picks them itself). The idle run measures with that same thread count, so that the load is the
-    only thing the two runs differ in: how a model scales from one thread count to another is a
-    property of the model, not a fluke of the load, and would otherwise be mixed into the verdict.
-    ``threads`` pins the count of both runs instead.
+    On a CPU both runs measure with the thread count a benchmark picks under the hog (the cores it
+    leaves free, ``foodlab.bench.threads.free_threads``), so that the load is the only thing the two
+    runs differ in: how a model scales from one thread count to another is a property of the model,
+    not a fluke of the load, and would otherwise be mixed into the verdict. ``threads`` pins another
+    count; on CUDA/MPS torch's own count is kept in both.
     """
     import torch
 
     from foodlab.bench.runner import load_experiment, run_experiment
     from foodlab.bench.threads import free_threads
+    from foodlab.devices import resolve_device
 
     experiments = EXPERIMENTS if experiments is None else experiments
     loaded_exps = [load_experiment(e) for e in experiments]  # a bad file fails before any measuring
     hog_processes = hog_processes or os.cpu_count() or 1
-    idle_threads = threads or free_threads(os.cpu_count() or 1, hog_processes, torch.get_num_threads())
-    idle = [run_experiment(e, scale, device, log_to_mlflow=False, threads=idle_threads) for e in experiments]
+    if threads is None and resolve_device(device).type == "cpu":
+        threads = free_threads(os.cpu_count() or 1, hog_processes, torch.get_num_threads())
+    idle = [run_experiment(e, scale, device, log_to_mlflow=False, threads=threads) for e in experiments]
     with CpuHog(hog_processes):
         loaded = [run_experiment(e, scale, device, log_to_mlflow=False, threads=threads) for e in experiments]
     rows = pair_rows([r for res in idle for r in res.comparisons()], [r for res in loaded for r in res.comparisons()])

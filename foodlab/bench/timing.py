@@ -6,12 +6,13 @@ alternating the direction keeps any variant from always following the same neigh
 device is synchronized before the clock is read at both ends, so queued GPU kernels are inside
 the measurement.
 
-Each sample is a *block*: a step shorter than ``MIN_BLOCK_S`` is called back to back until the
-block lasts that long (the count is fixed in the first round and kept for the others), and the
-sample is the block's time per call. A 0.1 s step timed once catches whatever the scheduler did
-in that instant (a busy core, a migration); a block of many calls averages it, as a 30 s step
-does on its own. Steps with a ``prepare`` (work that must stay off the clock) are timed one call
-at a time.
+Each sample is a *block*: a step shorter than ``MIN_BLOCK_S`` is called back to back so that the
+block lasts about that long (the count comes from the first timed call and is kept for every
+round; the device is synchronized at the block's ends and after that first call), and the sample
+is the block's time per call. Callers whose one call is the unit (an epoch) pass
+``min_block_s=0``. A 0.1 s step timed once catches whatever the scheduler did in that instant (a
+busy core, a migration); a block of many calls averages it, as a 30 s step does on its own. Steps
+with a ``prepare`` (work that must stay off the clock) are timed one call at a time.
 
 Why not ``torch.utils.benchmark.Timer`` itself: its ``blocked_autorange``/``adaptive_autorange``
 run one statement block after block until a time budget is spent, which is exactly the "measure
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import time
 from typing import Callable, Mapping
 
@@ -87,8 +89,8 @@ def interleave(steps: Mapping[str, Step], device: torch.device, rounds: int, war
 
     ``warmup`` untimed calls of each step come first (allocator, autotuning, lazy init).
     ``prepare[name]``, when given, runs before each timed call of ``name``, outside the clock.
-    ``min_block_s`` (default ``MIN_BLOCK_S``): the shortest block of back-to-back calls one sample
-    times; the first round decides how many calls that takes for each step.
+    ``min_block_s`` (default ``MIN_BLOCK_S``): how long a block of back-to-back calls one sample
+    times should last; the first timed call of each step decides how many calls that takes.
     """
     names = list(steps)
     prepare = dict(prepare or {})
@@ -111,17 +113,12 @@ def interleave(steps: Mapping[str, Step], device: torch.device, rounds: int, war
                 cpu[name].append(time.process_time() - cpu_start)
                 continue
             start, cpu_start = clock(), time.process_time()
-            if name not in calls:  # first round: call until the block is long enough, and remember how often
-                n = 0
-                while True:
-                    steps[name]()
-                    n += 1
-                    if clock() - start >= block_s:
-                        break
-                calls[name] = n
-            else:
-                for _ in range(calls[name]):
-                    steps[name]()
+            steps[name]()
+            if name not in calls:  # the first call of the first round sizes the block for every round
+                first = clock() - start
+                calls[name] = 1 if first >= block_s else math.ceil(block_s / max(first, 1e-7))
+            for _ in range(calls[name] - 1):
+                steps[name]()
             samples[name].append((clock() - start) / calls[name])
             cpu[name].append((time.process_time() - cpu_start) / calls[name])
     return Timings(samples, cpu)
