@@ -106,22 +106,19 @@ def run_stress(scale: str = "smoke", device: str = "auto", experiments: tuple[st
     """Measure ``experiments`` (default: ``EXPERIMENTS``) idle, then under a CPU hog; both results and paired rows.
 
     On a CPU both runs measure with the thread count a benchmark picks under the hog (the cores it
-    leaves free, ``foodlab.bench.threads.free_threads``), so that the load is the only thing the two
+    leaves free, ``foodlab.bench.threads.choose``), so that the load is the only thing the two
     runs differ in: how a model scales from one thread count to another is a property of the model,
     not a fluke of the load, and would otherwise be mixed into the verdict. ``threads`` pins another
     count; on CUDA/MPS torch's own count is kept in both.
     """
-    import torch
-
     from foodlab.bench.runner import load_experiment, run_experiment
-    from foodlab.bench.threads import free_threads
+    from foodlab.bench.threads import choose
     from foodlab.devices import resolve_device
 
     experiments = EXPERIMENTS if experiments is None else experiments
     loaded_exps = [load_experiment(e) for e in experiments]  # a bad file fails before any measuring
     hog_processes = hog_processes or os.cpu_count() or 1
-    if threads is None and resolve_device(device).type == "cpu":
-        threads = free_threads(os.cpu_count() or 1, hog_processes, torch.get_num_threads())
+    threads = choose(resolve_device(device), hog_processes, os.cpu_count() or 1, threads)  # what the hog leaves
     idle = [run_experiment(e, scale, device, log_to_mlflow=False, threads=threads) for e in experiments]
     with CpuHog(hog_processes):
         loaded = [run_experiment(e, scale, device, log_to_mlflow=False, threads=threads) for e in experiments]
